@@ -1,0 +1,106 @@
+"""Plotting helpers shared by the notebooks.
+
+matplotlib is imported inside each function, so ``import minquant`` never pays for it.
+Every helper returns the :class:`matplotlib.figure.Figure` it drew; in a notebook the
+inline backend displays it at the end of the cell.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+#: Colours of the bit fields in :func:`plot_bit_layouts`.
+FIELD_COLORS = {
+    "sign": "#e07a5f",
+    "exponent": "#81b29a",
+    "mantissa": "#6d9dc5",
+    "integer": "#f2cc8f",
+}
+
+
+def show_images(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    ncols: int | None = None,
+    width: float = 2.4,
+):
+    """Show images side by side (one row unless ``ncols`` is given), axes hidden.
+
+    >>> fig = show_images([np.zeros((4, 4, 3), np.uint8)] * 2, ["a", "b"])
+    >>> [ax.get_title() for ax in fig.axes]
+    ['a', 'b']
+    >>> import matplotlib.pyplot as plt; plt.close(fig)
+    """
+    import matplotlib.pyplot as plt
+
+    if len(images) != len(titles) or len(images) == 0:
+        raise ValueError(
+            f"need one title per image and at least one image, got {len(images)} images "
+            f"and {len(titles)} titles"
+        )
+    ncols = ncols or len(images)
+    nrows = -(-len(images) // ncols)
+    height, img_width = np.asarray(images[0]).shape[:2]
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(width * ncols, width * nrows * height / img_width + 0.4 * nrows),
+        squeeze=False,
+    )
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, title in zip(axes.ravel()[: len(images)], images, titles, strict=True):
+        ax.imshow(image, cmap="gray" if np.ndim(image) == 2 else None)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bit_layouts(
+    layouts: dict[str, Sequence[tuple[str, str]]],
+    value_labels: dict[str, str] | None = None,
+):
+    """Draw bit patterns as rows of boxes, one row per format, coloured by field.
+
+    ``layouts`` maps a row label to its fields, most significant first, as
+    ``(field, bits)`` pairs with ``field`` one of :data:`FIELD_COLORS`, e.g.
+    ``{"float16": [("sign", "0"), ("exponent", "01111"), ("mantissa", "0000000000")]}``.
+    ``value_labels`` optionally maps a row label to text printed after the row.
+
+    >>> fig = plot_bit_layouts({"int8": [("integer", "00000101")]}, {"int8": "= 5"})
+    >>> "".join(t.get_text() for t in fig.axes[0].texts)
+    'int800000101= 5'
+    >>> import matplotlib.pyplot as plt; plt.close(fig)
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    value_labels = value_labels or {}
+    for label, fields in layouts.items():
+        for field, bits in fields:
+            if field not in FIELD_COLORS:
+                raise ValueError(f"field must be one of {sorted(FIELD_COLORS)}, got {field!r}")
+            if set(bits) - {"0", "1"}:
+                raise ValueError(f"bits of {label!r} must be a string of 0s and 1s, got {bits!r}")
+    widest = max(sum(len(bits) for _, bits in fields) for fields in layouts.values())
+    box = 1.0 if widest <= 16 else 16.0 / widest * 1.6  # narrow boxes for float32
+    fig, ax = plt.subplots(figsize=(9.5, 0.42 * len(layouts) + 0.6))
+    for row, (label, fields) in enumerate(layouts.items()):
+        y = len(layouts) - 1 - row
+        ax.text(-0.5, y + 0.4, label, ha="right", va="center", fontsize=9)
+        x = 0.0
+        for field, bits in fields:
+            for bit in bits:
+                ax.add_patch(Rectangle((x, y), box, 0.8, fc=FIELD_COLORS[field], ec="white"))
+                ax.text(x + box / 2, y + 0.4, bit, ha="center", va="center", fontsize=7)
+                x += box
+        if label in value_labels:
+            ax.text(x + 0.5, y + 0.4, value_labels[label], ha="left", va="center", fontsize=9)
+    ax.set_xlim(-6.5, 16 * 1.6 + 9)
+    ax.set_ylim(-0.2, len(layouts))
+    ax.axis("off")
+    used = {field for fields in layouts.values() for field, _ in fields}
+    handles = [Patch(color=FIELD_COLORS[f], label=f) for f in FIELD_COLORS if f in used]
+    ax.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles), frameon=False)
+    fig.tight_layout()
+    return fig
