@@ -14,6 +14,9 @@ References:
   A whitepaper", 2018 (arXiv:1806.08342).
 * PyTorch ``torch.ao.quantization`` observers and ``torch.quantize_per_tensor`` /
   ``torch.fake_quantize_per_tensor_affine``, which this module reproduces bit for bit.
+* S. Boldo, G. Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms
+  using rounding to odd", IEEE Trans. Computers 57(4), 2008 (used by :func:`fma_float32`).
+* ONNX ``INT4``/``UINT4`` types: two 4-bit values per byte, first element in the low nibble.
 """
 
 import numpy as np
@@ -68,28 +71,33 @@ def qrange(
 
     ``narrow_range`` drops the lowest code (int8 becomes the symmetric [-127, 127], as in
     TFLite weights); ``reduce_range`` uses one bit less (PyTorch's x86 setting, which keeps
-    the VPMADDUBSW instruction's int16 intermediate from saturating).
+    the VPMADDUBSW instruction's int16 intermediate from saturating) by halving both bounds,
+    rounding down, as PyTorch does.
 
     >>> qrange(8, signed=True), qrange(8, signed=False), qrange(4, signed=True)
     ((-128, 127), (0, 255), (-8, 7))
     >>> qrange(8, signed=True, narrow_range=True), qrange(8, reduce_range=True)
     ((-127, 127), (-64, 63))
+    >>> qrange(8, signed=True, narrow_range=True, reduce_range=True)  # -127 // 2 = -64
+    (-64, 63)
     """
     if not isinstance(num_bits, (int, np.integer)) or isinstance(num_bits, bool):
         raise TypeError(f"num_bits must be an int, got {type(num_bits).__name__}")
     if not MIN_BITS <= num_bits <= MAX_BITS:
         raise ValueError(f"num_bits must be in [{MIN_BITS}, {MAX_BITS}], got {num_bits}")
+    if reduce_range and num_bits <= MIN_BITS:
+        raise ValueError(f"reduce_range needs num_bits > {MIN_BITS}, got {num_bits}")
     bits = int(num_bits)
-    if reduce_range:
-        if bits <= MIN_BITS:
-            raise ValueError(f"reduce_range needs num_bits > {MIN_BITS}, got {num_bits}")
-        bits -= 1
     if signed:
         qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     else:
         qmin, qmax = 0, 2**bits - 1
     if narrow_range:
         qmin += 1
+    if reduce_range:
+        # NOTE: PyTorch halves both bounds with floor division (calculate_qmin_qmax), so a
+        # narrow int8 range [-127, 127] becomes [-64, 63], not [-63, 63]. We do the same.
+        qmin, qmax = qmin // 2, qmax // 2
     return qmin, qmax
 
 
@@ -108,6 +116,9 @@ def int_dtype(qmin: int, qmax: int) -> np.dtype:
 
 
 def _check_qrange(qmin: int, qmax: int) -> None:
+    for name, q in (("qmin", qmin), ("qmax", qmax)):
+        if not isinstance(q, (int, np.integer)) or isinstance(q, bool):
+            raise TypeError(f"{name} must be an int, got {q!r} of type {type(q).__name__}")
     if int(qmin) >= int(qmax):
         raise ValueError(f"qmin must be < qmax, got qmin={qmin}, qmax={qmax}")
 
@@ -118,6 +129,8 @@ def calc_qparams(
     qmin: int,
     qmax: int,
     symmetric: bool = False,
+    *,
+    symmetric_zero_point: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""Scale and zero point that map ``[min_val, max_val]`` onto ``[qmin, qmax]``.
 
@@ -132,7 +145,9 @@ def calc_qparams(
 
     with $\min^- = \min(\text{min\_val}, 0)$, $\max^+ = \max(\text{max\_val}, 0)$ and
     $\epsilon$ the float32 machine epsilon. The middle code of an unsigned symmetric range
-    is 128 for [0, 255] and ``(qmin + qmax) // 2`` otherwise (PyTorch's rule).
+    is 128 for [0, 255] and ``(qmin + qmax) // 2`` otherwise; ``symmetric_zero_point``
+    overrides it (the observers use this to reproduce PyTorch, see
+    :mod:`minquant.observers`). ``[qmin, qmax]`` must hold 0.
     A never-observed range (``min_val = +inf``, ``max_val = -inf``) gives scale 1 and
     zero point 0. Arrays give per-channel parameters.
 
@@ -145,25 +160,28 @@ def calc_qparams(
     (array([0.02352941], dtype=float32), array([0]))
     >>> calc_qparams(np.array([-1.0, 0.0]), np.array([1.0, 2.5]), 0, 255)
     (array([0.00784314, 0.00980392], dtype=float32), array([127,   0]))
+    >>> calc_qparams(0.0, 0.0, 0, 255)  # an all-zero tensor: the smallest scale, eps
+    (array([1.1920929e-07], dtype=float32), array([0]))
     """
     _check_qrange(qmin, qmax)
+    if not qmin <= 0 <= qmax:
+        raise ValueError(
+            f"[qmin, qmax] must hold 0 so that 0.0 is exactly representable, got [{qmin}, {qmax}]"
+        )
     min_val = np.atleast_1d(np.asarray(min_val, dtype=np.float32))  # (C,)
     max_val = np.atleast_1d(np.asarray(max_val, dtype=np.float32))  # (C,)
-    if min_val.shape != max_val.shape:
+    if min_val.shape != max_val.shape or min_val.ndim != 1:
         raise ValueError(
-            f"min_val and max_val must have the same shape, got {min_val.shape} and {max_val.shape}"
+            f"min_val and max_val must be scalars or 1-D arrays of the same shape, "
+            f"got shapes {min_val.shape} and {max_val.shape}"
         )
     never_observed = (min_val == np.inf) & (max_val == -np.inf)
     if np.all(never_observed):
         return np.ones(min_val.shape, np.float32), np.zeros(min_val.shape, np.int64)
-    if np.isnan(min_val).any() or np.isnan(max_val).any():
-        raise ValueError("min_val and max_val must not be NaN")
-    if np.isinf(min_val).any() or np.isinf(max_val).any():
-        raise ValueError(
-            f"min_val and max_val must be finite, got min_val={min_val}, max_val={max_val}"
-        )
+    _check_finite("min_val", min_val)
+    _check_finite("max_val", max_val)
     if np.any(min_val > max_val):
-        raise ValueError(f"min_val must be <= max_val, got {min_val} > {max_val}")
+        raise ValueError(f"min_val must be <= max_val, got min_val={min_val}, max_val={max_val}")
 
     zero = np.float32(0.0)
     min_neg = np.minimum(min_val, zero)  # (C,) the range always holds 0
@@ -172,7 +190,9 @@ def calc_qparams(
         # NOTE: (qmax - qmin) / 2 is exact in float32 (e.g. 127.5); the division is float32.
         half_range = np.float32((qmax - qmin) / 2)
         scale = np.maximum(np.maximum(-min_neg, max_pos) / half_range, EPS)  # (C,)
-        if qmin < 0:
+        if symmetric_zero_point is not None:
+            middle = int(symmetric_zero_point)
+        elif qmin < 0:
             middle = 0
         elif (qmin, qmax) == (0, 255):
             middle = 128
@@ -193,6 +213,16 @@ def _check_finite(name: str, x: np.ndarray) -> None:
         raise ValueError(f"{name} must be finite (no NaN/Inf), got values such as {bad}")
 
 
+def _as_float32(name: str, x: np.ndarray) -> np.ndarray:
+    """``x`` as a finite float32 array; real numbers only."""
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    _check_finite(name, x)
+    return x
+
+
 def _broadcast_qparams(
     x: np.ndarray,
     scale: float | np.ndarray,
@@ -200,11 +230,10 @@ def _broadcast_qparams(
     axis: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate ``scale``/``zero_point`` and reshape them to broadcast against ``x``."""
-    scale = np.asarray(scale, dtype=np.float32)
-    zero_point = np.asarray(zero_point)
-    _check_finite("scale", scale)
+    scale = _as_float32("scale", scale)
     if np.any(scale <= 0):
         raise ValueError(f"scale must be > 0, got {scale.ravel()[:3]}")
+    zero_point = np.asarray(zero_point)
     if not np.issubdtype(zero_point.dtype, np.integer):
         if np.any(zero_point != np.round(zero_point)):
             raise ValueError(f"zero_point must hold integers, got {zero_point.ravel()[:3]}")
@@ -216,8 +245,10 @@ def _broadcast_qparams(
                 f"got {scale.size} and {zero_point.size}; pass axis= for per-channel"
             )
         return scale.reshape(()), zero_point.reshape(())
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis must be in [{-x.ndim}, {x.ndim - 1}] for x.ndim={x.ndim}")
+    if not isinstance(axis, (int, np.integer)) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(
+            f"axis must be an int in [{-x.ndim}, {x.ndim - 1}] for x.ndim={x.ndim}, got {axis!r}"
+        )
     axis = axis % x.ndim
     channels = x.shape[axis]
     for name, p in (("scale", scale), ("zero_point", zero_point)):
@@ -229,6 +260,45 @@ def _broadcast_qparams(
     shape = [1] * x.ndim
     shape[axis] = channels
     return scale.reshape(shape), zero_point.reshape(shape)
+
+
+def _check_zero_point(zero_point: np.ndarray, qmin: int, qmax: int) -> None:
+    if np.any((zero_point < qmin) | (zero_point > qmax)):
+        raise ValueError(
+            f"zero_point must lie in [qmin, qmax] = [{qmin}, {qmax}], got {zero_point.ravel()[:3]}"
+        )
+
+
+def fma_float32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    r"""$\mathrm{fl}_{32}(a \cdot b + c)$ rounded once, as a fused multiply-add (FMA) does.
+
+    The product of two float32 numbers is exact in float64 (24 + 24 significand bits fit
+    in 53), but the float64 sum may round, and rounding twice (to float64, then to
+    float32) can miss by one float32 ulp when the first rounding lands exactly halfway
+    between two float32 numbers. Rounding the sum *to odd* first removes the problem
+    (Boldo & Melquiond 2008): TwoSum gives the exact error of the float64 sum; when it is
+    non-zero and the last significand bit is even, step one float64 ulp towards the
+    exact value.
+
+    >>> a, b = np.float32(1 + 2**-12), np.float32(1 + 2**-12)  # a*b = 1 + 2**-11 + 2**-24
+    >>> bool(fma_float32(a, b, np.float32(-1.0)) == np.float32(2**-11 + 2**-24))
+    True
+    >>> bool(a * b - np.float32(1.0) == np.float32(2**-11))  # two roundings lose 2**-24
+    True
+    """
+    a = np.asarray(a, dtype=np.float32).astype(np.float64)
+    b = np.asarray(b, dtype=np.float32).astype(np.float64)
+    c = np.asarray(c, dtype=np.float32).astype(np.float64)
+    product = a * b  # exact in float64
+    total = product + c
+    # TwoSum (Knuth): err is exactly (product + c) - total.
+    c_part = total - product
+    err = (product - (total - c_part)) + (c - c_part)
+    is_even = (np.asarray(total).view(np.uint64) & 1) == 0
+    towards_exact = np.nextafter(total, np.where(err > 0, np.inf, -np.inf))
+    total = np.where((err != 0) & is_even, towards_exact, total)
+    with np.errstate(over="ignore"):  # beyond float32's range: +-inf, as the FMA gives
+        return total.astype(np.float32)
 
 
 def quantize(
@@ -257,13 +327,19 @@ def quantize(
            [ 2,  4]], dtype=int8)
     """
     _check_qrange(qmin, qmax)
-    x = np.asarray(x, dtype=np.float32)
-    _check_finite("x", x)
+    x = _as_float32("x", x)
     scale, zero_point = _broadcast_qparams(x, scale, zero_point, axis)
+    _check_zero_point(zero_point, qmin, qmax)
     inv_scale = np.float32(1.0) / scale  # float32, like PyTorch
-    # NOTE: PyTorch adds the zero point before rounding, fake_quantize after (see below).
-    x_q = _round(x * inv_scale + zero_point.astype(np.float32), rounding)
-    x_q = np.clip(x_q, qmin, qmax)
+    if axis is None:
+        # NOTE: PyTorch's per-tensor kernel (fbgemm, AVX2) computes x * inv_scale + z with
+        # one fused multiply-add, so the sum is rounded once, not twice.
+        x_real = fma_float32(x, inv_scale, zero_point.astype(np.float32))
+    else:
+        # NOTE: the per-channel kernel multiplies, rounds to float32, then adds (no FMA).
+        x_real = x * inv_scale + zero_point.astype(np.float32)
+    # NOTE: the zero point is added before rounding; fake_quantize adds it after.
+    x_q = np.clip(_round(x_real, rounding), qmin, qmax)
     return x_q.astype(int_dtype(qmin, qmax))
 
 
@@ -282,6 +358,7 @@ def dequantize(
     if not np.issubdtype(x_q.dtype, np.integer):
         raise TypeError(f"x_q must be an integer array, got dtype {x_q.dtype}")
     scale, zero_point = _broadcast_qparams(x_q, scale, zero_point, axis)
+    # NOTE: x_q - z is an integer below 2**24, exact in float32; one rounding in the product.
     centered = (x_q.astype(np.int64) - zero_point).astype(np.float32)
     return centered * scale
 
@@ -300,8 +377,9 @@ def fake_quantize(
     $$\hat{x} = s\,\big(\mathrm{clip}(z + \mathrm{round}(x \cdot s^{-1}),
     q_{min}, q_{max}) - z\big)$$
 
-    as ``torch.fake_quantize_per_tensor_affine``: the zero point is added *after* rounding.
-    For an odd zero point this breaks ties differently from :func:`quantize`:
+    as ``torch.fake_quantize_per_tensor_affine`` (and ``_per_channel_affine``): the zero
+    point is added *after* rounding. For an odd zero point this breaks ties differently
+    from :func:`quantize`:
 
     >>> x = np.array([0.5])              # x / scale = 0.5, a tie
     >>> quantize(x, 1.0, 1, 0, 255)      # round(0.5 + 1) = round(1.5) = 2
@@ -310,13 +388,78 @@ def fake_quantize(
     array([0.], dtype=float32)
     """
     _check_qrange(qmin, qmax)
-    x = np.asarray(x, dtype=np.float32)
-    _check_finite("x", x)
+    x = _as_float32("x", x)
     scale, zero_point = _broadcast_qparams(x, scale, zero_point, axis)
+    _check_zero_point(zero_point, qmin, qmax)
     inv_scale = np.float32(1.0) / scale
-    x_q = zero_point + _round(x * inv_scale, rounding).astype(np.int64)
-    x_q = np.clip(x_q, qmin, qmax)
-    return ((x_q - zero_point).astype(np.float32) * scale).astype(np.float32)
+    # NOTE: clip(z + r, qmin, qmax) - z == clip(r, qmin - z, qmax - z); clipping the float
+    # first means a huge x * inv_scale never overflows an integer conversion.
+    x_q_centered = np.clip(_round(x * inv_scale, rounding), qmin - zero_point, qmax - zero_point)
+    return x_q_centered.astype(np.float32) * scale
+
+
+def pack_int4(x_q: np.ndarray, signed: bool = True) -> np.ndarray:
+    r"""Pack 4-bit integers two per byte: the real 8x saving over float32 storage.
+
+    Element $2i$ goes in the low nibble of byte $i$, element $2i + 1$ in the high nibble
+    (the ONNX ``INT4``/``UINT4`` order):
+
+    $$\text{byte}_i = (x_{2i} \bmod 16) + 16\,(x_{2i+1} \bmod 16)$$
+
+    A signed value is stored as its 4-bit two's complement (-1 is ``0xF``). ``x_q`` is
+    flattened (C order); an odd count leaves the last high nibble 0. Returns uint8 of
+    shape ``(ceil(n / 2),)``; :func:`unpack_int4` needs the original shape back.
+
+    >>> packed = pack_int4(np.array([1, -2, 7], dtype=np.int8))  # 1 | (-2 & 15) << 4 = 0xE1
+    >>> [hex(b) for b in packed]
+    ['0xe1', '0x7']
+    >>> unpack_int4(packed, shape=3)
+    array([ 1, -2,  7], dtype=int8)
+    """
+    x_q = np.asarray(x_q)
+    if not np.issubdtype(x_q.dtype, np.integer):
+        raise TypeError(f"x_q must be an integer array, got dtype {x_q.dtype}")
+    qmin, qmax = qrange(4, signed=signed)
+    if x_q.size and (x_q.min() < qmin or x_q.max() > qmax):
+        raise ValueError(
+            f"x_q must lie in [{qmin}, {qmax}] for signed={signed}, "
+            f"got values in [{x_q.min()}, {x_q.max()}]"
+        )
+    nibbles = (x_q.ravel().astype(np.int16) & 0xF).astype(np.uint8)  # (n,) two's complement
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))  # (n + 1,) pad the last high nibble
+    low, high = nibbles[0::2], nibbles[1::2]  # (ceil(n/2),) each
+    return low | (high << 4)
+
+
+def unpack_int4(
+    packed: np.ndarray, shape: int | tuple[int, ...], signed: bool = True
+) -> np.ndarray:
+    r"""Inverse of :func:`pack_int4`: bytes back to int8 (signed) or uint8 values of ``shape``.
+
+    A signed nibble $v \in [0, 15]$ means $v - 16$ when $v \ge 8$ (two's complement).
+
+    >>> unpack_int4(np.array([0xE1, 0x07], dtype=np.uint8), shape=(1, 3), signed=False)
+    array([[ 1, 14,  7]], dtype=uint8)
+    """
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint8:
+        raise TypeError(f"packed must be a uint8 array, got dtype {packed.dtype}")
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    count = int(np.prod(shape))
+    if packed.ndim != 1 or packed.size != (count + 1) // 2:
+        raise ValueError(
+            f"packed must have shape ({(count + 1) // 2},) to hold shape={shape}, "
+            f"got {packed.shape}"
+        )
+    nibbles = np.empty(2 * packed.size, dtype=np.int16)  # (2 * nbytes,)
+    nibbles[0::2] = packed & 0xF
+    nibbles[1::2] = packed >> 4
+    values = nibbles[:count]  # (count,) drop the padding nibble
+    if signed:
+        values = np.where(values >= 8, values - 16, values)
+        return values.astype(np.int8).reshape(shape)
+    return values.astype(np.uint8).reshape(shape)
 
 
 def mse(x: np.ndarray, x_hat: np.ndarray) -> float:
