@@ -1,0 +1,433 @@
+r"""Post-training quantization: fold BatchNorm, calibrate, convert to an integer-only model.
+
+The pipeline, for a trained float ``Sequential``:
+
+1. **Fold BatchNorm** into the convolution before it (eval mode is a per-channel affine map):
+   $$w' = w \cdot \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}}, \qquad
+   b' = (b - \mu)\,\frac{\gamma}{\sqrt{\sigma^2 + \epsilon}} + \beta.$$
+2. **Fuse** each Conv2d/Linear with the ReLU after it (the ReLU becomes the output clamp).
+3. **Calibrate**: run the float model on ``X_calib`` (in batches) and let an observer record
+   the range of the input and of every Conv2d/Linear output.
+4. **Convert**: quantize the weights (symmetric, narrow range, per channel or per tensor),
+   turn each layer into a module of :mod:`minquant.qnn` and precompute everything that does
+   not depend on the input (int32 bias, zero-point correction, fixed-point multipliers).
+
+Activations use PyTorch's ``quint8`` convention for calibration (observers run unsigned) and
+are stored as int8 with the zero point shifted by $2^{b-1}$: the same scale, the same codes
+minus 128, and the same arithmetic.
+
+References:
+
+* B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
+  Integer-Arithmetic-Only Inference", CVPR 2018 (arXiv:1712.05877), section 3.2 (folding).
+* R. Krishnamoorthi, "Quantizing deep convolutional networks for efficient inference:
+  A whitepaper", 2018 (arXiv:1806.08342).
+"""
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from minquant import nn, observers
+from minquant.qnn import (
+    REQUANT_MODES,
+    Dequantize,
+    QParams,
+    Quantize,
+    QuantizedConv2d,
+    QuantizedFlatten,
+    QuantizedLinear,
+    QuantizedMaxPool2d,
+    QuantizedModule,
+    QuantizedReLU,
+)
+from minquant.quant import fake_quantize, qrange, quantize, sqnr
+
+#: Activation observers by name (the weights always use a min/max observer).
+OBSERVERS = {
+    "minmax": "MinMaxObserver",
+    "moving_average": "MovingAverageMinMaxObserver",
+    "histogram": "HistogramObserver",
+    "percentile": "PercentileObserver",
+    "mse": "MSEObserver",
+    "entropy": "EntropyObserver",
+}
+
+#: Layers that :func:`quantize_model` converts (after BatchNorm folding).
+SUPPORTED_LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)
+
+CALIBRATION_BATCH = 500
+
+
+@dataclass
+class Step:
+    """One stage of a :class:`QuantizedModel`: float layers and their integer replacement."""
+
+    float_layers: list[nn.Module]  # e.g. [Conv2d, ReLU] (BatchNorm already folded)
+    module: QuantizedModule  # the integer-only module
+    sim_layer: nn.Module | None  # Conv2d/Linear with fake-quantized weights, else None
+    qparams: QParams  # of the step's output
+
+
+class QuantizedModel:
+    r"""An integer-only model: ``Quantize``, integer modules, ``Dequantize``.
+
+    ``model(X)`` returns float32 logits computed with integer arithmetic inside;
+    ``forward_int(X)`` returns the int8 logits; ``simulate(X)`` runs the fake-quant float
+    simulation of the same model (same weights, same activation quantizers);
+    ``layer_report(X)`` measures the SQNR of every layer against the float model.
+    Built by :func:`quantize_model`.
+    """
+
+    def __init__(
+        self,
+        steps: list[Step],
+        input_qparams: QParams,
+        float_model: nn.Sequential,
+        config: dict,
+        batch_size: int = 250,
+    ) -> None:
+        self.steps = steps
+        self.quantize = Quantize(input_qparams)
+        self.dequantize = Dequantize(steps[-1].qparams)
+        self.float_model = float_model  # BatchNorm folded, eval mode
+        self.config = config
+        self.batch_size = batch_size
+
+    @property
+    def output_qparams(self) -> QParams:
+        return self.dequantize.qparams
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array the integer forward pass reads (weights, biases, multipliers)."""
+        return sum(step.module.nbytes for step in self.steps)
+
+    @property
+    def float_nbytes(self) -> int:
+        """Bytes of the float32 model's parameters (BatchNorm folded, as it would be deployed)."""
+        return sum(p.data.astype(np.float32).nbytes for p in self.float_model.parameters())
+
+    def forward_int(self, X: np.ndarray) -> np.ndarray:
+        """int8 logits: quantize the input, then integer-only modules (in batches)."""
+        outputs = []
+        for start in range(0, len(X), self.batch_size):
+            x_q = self.quantize(X[start : start + self.batch_size])  # int8
+            for step in self.steps:
+                x_q = step.module(x_q)
+            outputs.append(x_q)
+        return np.concatenate(outputs)  # (N, classes) int8
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return self.dequantize(self.forward_int(X))  # (N, classes) float32
+
+    def _simulate_step(self, step: Step, x: np.ndarray) -> np.ndarray:
+        if step.sim_layer is None:
+            # NOTE: max pooling, flatten and ReLU map fake-quantized values to such values.
+            for layer in step.float_layers:
+                x = layer(x)
+            return x
+        x = step.sim_layer(x)
+        for relu in step.float_layers[1:]:
+            x = relu(x)
+        qp = step.qparams
+        return fake_quantize(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+
+    def simulate(self, X: np.ndarray) -> np.ndarray:
+        r"""The fake-quant float simulation of the same model, in float32.
+
+        $\hat{x} = s\,(\mathrm{clip}(z + \mathrm{rint}(x / s)) - z)$ after the input and
+        after every Conv2d/Linear(+ReLU), whose weights are $w_q s_w$ (and, for
+        ``"fixedpoint"``, whose bias is $b_q s_x s_w$).
+        """
+        qp = self.quantize.qparams
+        x = fake_quantize(X, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+        for step in self.steps:
+            x = self._simulate_step(step, x)
+        return x  # (N, classes) float32
+
+    def layer_report(self, X: np.ndarray) -> list[dict]:
+        """SQNR (dB) of every step's output against the float model's, integer and simulated.
+
+        Each row: ``layer`` (the integer module), ``sqnr_db`` (dequantized integer output vs
+        float) and ``sim_sqnr_db`` (fake-quant simulation vs float).
+        """
+        qp = self.quantize.qparams
+        x_f = np.asarray(X, dtype=np.float32)
+        x_q = self.quantize(x_f)
+        x_s = fake_quantize(x_f, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+        rows = [self._row(repr(self.quantize), x_f, x_q, qp, x_s)]
+        for step in self.steps:
+            for layer in step.float_layers:
+                x_f = layer(x_f)
+            x_q = step.module(x_q)
+            x_s = self._simulate_step(step, x_s)
+            rows.append(self._row(repr(step.module), x_f, x_q, step.qparams, x_s))
+        return rows
+
+    @staticmethod
+    def _row(name: str, x_f: np.ndarray, x_q: np.ndarray, qp: QParams, x_s: np.ndarray) -> dict:
+        x_hat = (x_q.astype(np.float32) - qp.zero_point) * np.float32(qp.scale)
+        return {"layer": name, "sqnr_db": sqnr(x_f, x_hat), "sim_sqnr_db": sqnr(x_f, x_s)}
+
+    def __repr__(self) -> str:
+        c = self.config
+        lines = [
+            f"QuantizedModel(W{c['weight_bits']}A{c['act_bits']}, "
+            f"per_channel={c['per_channel']}, observer={c['observer']!r}, "
+            f"requant={c['requant']!r}, reduce_range={c['reduce_range']},",
+            f"  nbytes={self.nbytes:,} ({self.nbytes / self.float_nbytes:.1%} of float32 "
+            f"{self.float_nbytes:,})",
+            f"  (input): {self.quantize!r}",
+        ]
+        lines += [f"  ({i}): {step.module!r}" for i, step in enumerate(self.steps)]
+        lines += [f"  (output): {self.dequantize!r}", ")"]
+        return "\n".join(lines)
+
+
+def _check_sequential(model: nn.Module) -> list[nn.Module]:
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"model must be an nn.Sequential, got {type(model).__name__}")
+    return list(model)
+
+
+def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
+    r"""A copy of ``model`` in eval mode with every ``Conv2d -> BatchNorm2d`` pair merged.
+
+    $$w' = w \cdot \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}}, \qquad
+    b' = (b - \mu)\,\frac{\gamma}{\sqrt{\sigma^2 + \epsilon}} + \beta$$
+
+    (computed in float64, stored in float32). The input model is not modified.
+
+    >>> rng = np.random.default_rng(0)
+    >>> model = nn.Sequential(nn.Conv2d(1, 2, 3, rng=rng), nn.BatchNorm2d(2), nn.ReLU())
+    >>> model[1].running_mean[:] = [0.5, -1.0]
+    >>> folded = fold_batchnorm(model)
+    >>> [type(m).__name__ for m in folded]
+    ['Conv2d', 'ReLU']
+    >>> X = rng.normal(size=(4, 1, 5, 5)).astype(np.float32)
+    >>> bool(np.allclose(folded(X), model.eval()(X), atol=1e-5))
+    True
+    """
+    layers = _check_sequential(model)
+    folded = []
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, nn.BatchNorm2d):
+            folded.append(copy.deepcopy(layer))
+            continue
+        if not folded or not isinstance(folded[-1], nn.Conv2d):
+            raise ValueError(
+                f"fold_batchnorm: BatchNorm2d at index {i} must follow a Conv2d, "
+                f"got {type(layers[i - 1]).__name__ if i else 'nothing'} before it"
+            )
+        conv = folded[-1]
+        if conv.out_channels != layer.num_features:
+            raise ValueError(
+                f"fold_batchnorm: BatchNorm2d({layer.num_features}) at index {i} does not "
+                f"match the {conv.out_channels} output channels of the Conv2d before it"
+            )
+        gamma = layer.weight.data.astype(np.float64)  # (C,)
+        inv_std = 1.0 / np.sqrt(layer.running_var.astype(np.float64) + layer.eps)  # (C,)
+        factor = gamma * inv_std  # (C,)
+        w = conv.weight.data.astype(np.float64)  # (C, C_in, k, k)
+        b = np.zeros(conv.out_channels) if conv.bias is None else conv.bias.data  # (C,)
+        mean = layer.running_mean.astype(np.float64)  # (C,)
+        b_folded = (b - mean) * factor + layer.bias.data.astype(np.float64)  # (C,)
+        conv.weight = nn.Parameter(w * factor[:, None, None, None])
+        conv.bias = nn.Parameter(b_folded)
+    return nn.Sequential(*folded).eval()
+
+
+def _group_layers(layers: list[nn.Module]) -> list[list[nn.Module]]:
+    """Split the layer list into steps: ``[Conv2d|Linear, ReLU?]`` pairs and single layers."""
+    groups: list[list[nn.Module]] = []
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, SUPPORTED_LAYERS):
+            allowed = ", ".join(t.__name__ for t in (nn.BatchNorm2d, *SUPPORTED_LAYERS))
+            raise ValueError(
+                f"quantize_model: unsupported layer at index {i}: {layer!r} (supported: {allowed})"
+            )
+        fusable = groups and isinstance(groups[-1][0], (nn.Conv2d, nn.Linear))
+        if isinstance(layer, nn.ReLU) and fusable and len(groups[-1]) == 1:
+            groups[-1].append(layer)
+        else:
+            groups.append([layer])
+    return groups
+
+
+def _check_bits(name: str, bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"{name} must be an int in [2, 8], got {bits!r}")
+    if not 2 <= bits <= 8:
+        raise ValueError(f"{name} must be in [2, 8] (int8 storage), got {bits}")
+    return int(bits)
+
+
+def _check_calibration(X_calib: np.ndarray) -> np.ndarray:
+    if not isinstance(X_calib, np.ndarray) or not np.issubdtype(X_calib.dtype, np.floating):
+        got = X_calib.dtype if isinstance(X_calib, np.ndarray) else type(X_calib).__name__
+        raise TypeError(f"X_calib must be a floating-point ndarray, got {got}")
+    if X_calib.ndim < 2 or len(X_calib) == 0:
+        raise ValueError(f"X_calib is empty (shape {X_calib.shape}): calibration needs data")
+    if not np.all(np.isfinite(X_calib)):
+        bad = int(np.count_nonzero(~np.isfinite(X_calib)))
+        raise ValueError(f"X_calib must be finite, got {bad} NaN/Inf values")
+    return X_calib.astype(np.float32, copy=False)
+
+
+def _activation_observer(observer: str, act_bits: int, reduce_range: bool) -> object:
+    # NOTE: observers run in PyTorch's unsigned convention (quint8); the int8 codes are the
+    # unsigned codes minus 2^(b-1), which changes neither the scale nor the arithmetic.
+    cls = getattr(observers, OBSERVERS[observer])
+    return cls(num_bits=act_bits, signed=False, symmetric=False, reduce_range=reduce_range)
+
+
+def _activation_qparams(obs: object, act_bits: int, reduce_range: bool) -> QParams:
+    scale, zero_point = obs.calculate_qparams()
+    offset = 2 ** (act_bits - 1)
+    qmin, qmax = qrange(act_bits, signed=False, reduce_range=reduce_range)
+    return QParams(
+        scale=float(scale[0]),
+        zero_point=int(zero_point[0]) - offset,
+        qmin=qmin - offset,
+        qmax=qmax - offset,
+    )
+
+
+def _quantize_weight(
+    w: np.ndarray, weight_bits: int, per_channel: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric narrow-range weight quantization: (w_q int8, scale (C,) or (1,))."""
+    qmin, qmax = qrange(weight_bits, signed=True, narrow_range=True)
+    kwargs = dict(num_bits=weight_bits, signed=True, symmetric=True, narrow_range=True)
+    if per_channel:
+        obs = observers.PerChannelMinMaxObserver(axis=0, **kwargs)
+    else:
+        obs = observers.MinMaxObserver(**kwargs)
+    obs(w)
+    scale, zero_point = obs.calculate_qparams()
+    axis = 0 if per_channel else None
+    w_q = quantize(w, scale, zero_point, qmin, qmax, axis=axis).astype(np.int8)
+    return w_q, scale.astype(np.float32)
+
+
+def _calibrate(
+    groups: list[list[nn.Module]], X_calib: np.ndarray, make_observer: object
+) -> tuple[object, list[object | None]]:
+    """Observe the input and every Conv2d/Linear(+ReLU) output, batch by batch."""
+    input_obs = make_observer()
+    group_obs = [
+        make_observer() if isinstance(g[0], (nn.Conv2d, nn.Linear)) else None for g in groups
+    ]
+    for start in range(0, len(X_calib), CALIBRATION_BATCH):
+        x = X_calib[start : start + CALIBRATION_BATCH]  # (B, ...)
+        input_obs(x)
+        for group, obs in zip(groups, group_obs, strict=True):
+            for layer in group:
+                x = layer(x)
+            if obs is not None:
+                obs(x)
+    return input_obs, group_obs
+
+
+def _convert_group(
+    group: list[nn.Module],
+    x_qp: QParams,
+    y_qp: QParams | None,
+    w_info: tuple[np.ndarray, np.ndarray] | None,
+    requant: str,
+) -> tuple[object, nn.Module | None]:
+    """One step: its integer module and the float module with fake-quantized weights."""
+    layer, relu = group[0], len(group) == 2
+    if isinstance(layer, (nn.Conv2d, nn.Linear)):
+        w_q, w_scale = w_info
+        bias = None if layer.bias is None else layer.bias.data.astype(np.float32)
+        if isinstance(layer, nn.Conv2d):
+            module = QuantizedConv2d(
+                w_q, w_scale, bias, x_qp, y_qp, layer.stride, layer.padding, relu, requant
+            )
+        else:
+            module = QuantizedLinear(w_q, w_scale, bias, x_qp, y_qp, relu, requant)
+        # NOTE: the simulation uses exactly the weights (and int32 bias) the integer model
+        # uses, dequantized: w_q * s_w is fake_quantize(w) because z_w = 0.
+        sim = copy.deepcopy(layer)
+        axis_scale = w_scale.reshape(-1, *[1] * (w_q.ndim - 1))  # (C, 1, ...) or (1, 1, ...)
+        sim.weight = nn.Parameter(w_q.astype(np.float32) * axis_scale)
+        if requant == "fixedpoint":
+            acc_scale = np.float64(x_qp.scale) * np.broadcast_to(w_scale, (w_q.shape[0],))
+            sim.bias = nn.Parameter(module.bias_q * acc_scale)
+        return module, sim
+    if isinstance(layer, nn.MaxPool2d):
+        return QuantizedMaxPool2d(layer.kernel_size, layer.stride), None
+    if isinstance(layer, nn.Flatten):
+        return QuantizedFlatten(), None
+    return QuantizedReLU(x_qp.zero_point), None
+
+
+def quantize_model(
+    model: nn.Sequential,
+    X_calib: np.ndarray,
+    weight_bits: int = 8,
+    act_bits: int = 8,
+    per_channel: bool = True,
+    observer: str = "minmax",
+    requant: str = "fixedpoint",
+    reduce_range: bool | None = None,
+) -> QuantizedModel:
+    r"""Post-training quantization of a float ``Sequential`` into an integer-only model.
+
+    Weights: int8 codes in $[-(2^{b-1}-1), 2^{b-1}-1]$, symmetric, scale
+    $\max|w| / (2^{b-1}-1)$ per output channel (``per_channel=True``) or per tensor.
+    Activations: ``act_bits`` asymmetric per tensor, ranges from ``observer`` (one of
+    :data:`OBSERVERS`) run on ``X_calib``. ``requant`` is ``"fixedpoint"`` (TFLite) or
+    ``"float"`` (PyTorch x86). ``reduce_range`` uses one activation bit less, as PyTorch's
+    x86 default: ``None`` means True for ``"float"`` and False for ``"fixedpoint"``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8, rng=rng), nn.ReLU(),
+    ...                       nn.Linear(8, 3, rng=rng))
+    >>> X = rng.normal(size=(64, 1, 4, 4)).astype(np.float32)
+    >>> qmodel = quantize_model(model, X)
+    >>> qmodel.forward_int(X).dtype, qmodel(X).shape
+    (dtype('int8'), (64, 3))
+    >>> bool(np.all(qmodel(X).argmax(1) == qmodel.simulate(X).argmax(1)))
+    True
+    """
+    layers = fold_batchnorm(model)
+    weight_bits = _check_bits("weight_bits", weight_bits)
+    act_bits = _check_bits("act_bits", act_bits)
+    if observer not in OBSERVERS:
+        raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
+    if requant not in REQUANT_MODES:
+        raise ValueError(f"requant must be one of {REQUANT_MODES}, got {requant!r}")
+    if reduce_range is None:
+        reduce_range = requant == "float"
+    if reduce_range and act_bits < 3:
+        raise ValueError(f"reduce_range needs act_bits >= 3, got {act_bits}")
+    X_calib = _check_calibration(X_calib)
+    groups = _group_layers(list(layers))
+
+    def make_observer() -> object:
+        return _activation_observer(observer, act_bits, reduce_range)
+
+    input_obs, group_obs = _calibrate(groups, X_calib, make_observer)
+    input_qp = _activation_qparams(input_obs, act_bits, reduce_range)
+    steps, x_qp = [], input_qp
+    for group, obs in zip(groups, group_obs, strict=True):
+        y_qp = x_qp if obs is None else _activation_qparams(obs, act_bits, reduce_range)
+        w_info = None
+        if obs is not None:
+            w_info = _quantize_weight(group[0].weight.data, weight_bits, per_channel)
+        module, sim = _convert_group(group, x_qp, y_qp, w_info, requant)
+        steps.append(Step(float_layers=group, module=module, sim_layer=sim, qparams=y_qp))
+        x_qp = y_qp
+    config = dict(
+        weight_bits=weight_bits,
+        act_bits=act_bits,
+        per_channel=per_channel,
+        observer=observer,
+        requant=requant,
+        reduce_range=reduce_range,
+    )
+    return QuantizedModel(steps, input_qp, layers, config)

@@ -1,0 +1,389 @@
+r"""Integer-only modules: the inference engine of a post-training quantized model.
+
+Between :class:`Quantize` at the input and :class:`Dequantize` at the output, every module
+takes and returns int8 arrays and does integer arithmetic only. A real value is
+$r = s\,(q - z)$; weights are symmetric ($z_w = 0$, int8 in $[-127, 127]$, one scale per
+output channel or one per tensor), activations are asymmetric per tensor.
+
+For a linear layer $y = W x + b$ (a convolution is the same after im2col), substituting
+$r = s (q - z)$ everywhere gives (Jacob et al. 2018, eq. 4 and 7, with $z_w = 0$):
+
+$$y_q = z_y + M \Big(\underbrace{\sum_k w_{q,nk}\, x_{q,k}}_{\text{int8 GEMM}}
+\; - \; \underbrace{z_x \sum_k w_{q,nk}}_{\text{precomputed}} \; + \; b_q\Big),
+\qquad M = \frac{s_x s_w}{s_y}, \qquad b_q = \mathrm{round}\Big(\frac{b}{s_x s_w}\Big).$$
+
+The sum in brackets is an exact int32 accumulator; the column sums of $W$ and the bias do
+not depend on the input, so they are folded into one int32 vector when the model is built.
+Only the multiplication by the real number $M$ remains, done in one of two styles:
+
+* ``requant="fixedpoint"`` (TFLite/gemmlowp): $M = M_0 2^{shift}$ with an int32 $M_0$;
+  integer multiply, rounding shift, add $z_y$, clamp. No float anywhere.
+* ``requant="float"`` (PyTorch x86/fbgemm): the accumulator is converted to float32 and
+  multiplied by $M$ in float32, with a float bias (bit-exact with ``torch.ao`` quantized
+  modules).
+
+A ReLU that follows a layer costs nothing: it is the clamp $y_q \ge z_y$ (0.0 is exactly
+the code $z_y$). Max pooling commutes with the (monotone) quantizer, so it runs on int8.
+
+References:
+
+* B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
+  Integer-Arithmetic-Only Inference", CVPR 2018 (arXiv:1712.05877).
+* TensorFlow Lite ``reference_ops`` (FullyConnected, Conv, per-channel quantization spec).
+* PyTorch ``torch.ao.nn.quantized`` Linear/Conv2d on the x86 (fbgemm) engine.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minquant import fixedpoint, kernels
+from minquant.quant import dequantize, quantize
+
+#: Requantization styles of :class:`QuantizedLinear` and :class:`QuantizedConv2d`.
+REQUANT_MODES = ("fixedpoint", "float")
+
+#: The largest K for which the int32 accumulator of an int8 GEMM cannot overflow.
+MAX_K = 2**31 // (128 * 128)
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Per-tensor quantization of an activation: ``scale``, ``zero_point`` and its range.
+
+    >>> QParams(scale=0.5, zero_point=-128, qmin=-128, qmax=127)
+    QParams(scale=0.5, zero_point=-128, qmin=-128, qmax=127)
+    """
+
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"QParams: scale must be finite and > 0, got {self.scale}")
+        if not -128 <= self.qmin <= self.zero_point <= self.qmax <= 127:
+            raise ValueError(
+                "QParams: need -128 <= qmin <= zero_point <= qmax <= 127 (int8 storage), got "
+                f"qmin={self.qmin}, zero_point={self.zero_point}, qmax={self.qmax}"
+            )
+
+
+class QuantizedModule:
+    """Base class: ``forward(x_q)`` on integer arrays; ``nbytes`` counts what it stores."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays that ``forward`` reads (the model's storage)."""
+        return {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays().values())
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _check_int8(name: str, x: np.ndarray, ndim: int) -> None:
+    if not isinstance(x, np.ndarray) or x.dtype != np.int8:
+        got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+        raise TypeError(f"{name}: input must be an int8 ndarray, got {got}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name}: input must have {ndim} dimensions, got shape {x.shape}")
+
+
+class Quantize(QuantizedModule):
+    r"""The input edge: float32 to int8, $x_q = \mathrm{clip}(\mathrm{rint}(x / s) + z)$.
+
+    Same arithmetic as ``torch.quantize_per_tensor`` (see :func:`minquant.quant.quantize`).
+
+    >>> Quantize(QParams(1 / 255, -128, -128, 127))(np.array([0.0, 0.2, 1.0]))
+    array([-128,  -77,  127], dtype=int8)
+    """
+
+    def __init__(self, qparams: QParams) -> None:
+        self.qparams = qparams
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        qp = self.qparams
+        return quantize(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax).astype(np.int8)
+
+    def extra_repr(self) -> str:
+        qp = self.qparams
+        return f"scale={qp.scale:.6g}, zero_point={qp.zero_point}, range=[{qp.qmin}, {qp.qmax}]"
+
+
+class Dequantize(QuantizedModule):
+    r"""The output edge: int8 to float32, $x = s\,(x_q - z)$.
+
+    >>> Dequantize(QParams(0.5, 0, -128, 127))(np.array([-2, 0, 3], dtype=np.int8))
+    array([-1. ,  0. ,  1.5], dtype=float32)
+    """
+
+    def __init__(self, qparams: QParams) -> None:
+        self.qparams = qparams
+
+    def forward(self, x_q: np.ndarray) -> np.ndarray:
+        return dequantize(x_q, self.qparams.scale, self.qparams.zero_point)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.qparams.scale:.6g}, zero_point={self.qparams.zero_point}"
+
+
+class _QuantizedGemm(QuantizedModule):
+    """Shared core of Linear and Conv2d: int8 GEMM, zero-point correction, requantization."""
+
+    def __init__(
+        self,
+        w_q: np.ndarray,
+        w_scale: np.ndarray,
+        bias: np.ndarray | None,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool,
+        requant: str,
+    ) -> None:
+        name = type(self).__name__
+        if requant not in REQUANT_MODES:
+            raise ValueError(f"{name}: requant must be one of {REQUANT_MODES}, got {requant!r}")
+        if not isinstance(w_q, np.ndarray) or w_q.dtype != np.int8:
+            raise TypeError(
+                f"{name}: w_q must be an int8 ndarray, got {getattr(w_q, 'dtype', w_q)}"
+            )
+        w2d = w_q.reshape(w_q.shape[0], -1)  # (N, K): one row per output channel
+        n_out, k = w2d.shape
+        if k > MAX_K:
+            raise ValueError(
+                f"{name}: K = {k} inputs per output exceeds {MAX_K}; the int32 accumulator "
+                "could overflow"
+            )
+        w_scale = np.broadcast_to(np.asarray(w_scale, dtype=np.float32), (n_out,))  # (N,)
+        x_qp, y_qp = input_qparams, output_qparams
+        self.input_qparams, self.output_qparams = x_qp, y_qp
+        self.relu, self.requant = bool(relu), requant
+        self.in_features, self.out_features = k, n_out
+        # NOTE: the GEMM reads B as (K, N) row-major, so the weights are transposed once here.
+        self.w_packed = np.ascontiguousarray(w2d.T)  # (K, N)
+        # NOTE: ReLU is the clamp at the code of 0.0; the observer saw only y >= 0, so this
+        # is usually qmin already, but the clamp makes the fusion exact in every case.
+        self.clamp_min = max(y_qp.qmin, y_qp.zero_point) if relu else y_qp.qmin
+        col_sums = w2d.sum(axis=1, dtype=np.int64)  # (N,)
+        zp_correction = x_qp.zero_point * col_sums  # (N,): z_x * sum_k w_q
+        if requant == "fixedpoint":
+            acc_scale = np.float64(x_qp.scale) * w_scale.astype(np.float64)  # (N,) s_x s_w
+            # NOTE: TFLite folds bias and zero-point term into one int32 vector; the bias is
+            # rounded half to even (np.rint) from float64.
+            bias_q = np.zeros(n_out, np.int64) if bias is None else np.rint(bias / acc_scale)
+            folded = bias_q.astype(np.int64) - zp_correction  # (N,)
+            if folded.min() < INT32_MIN or folded.max() > INT32_MAX:
+                raise ValueError(
+                    f"{name}: bias / (s_in * s_w) - z_in * sum(w_q) does not fit in int32 "
+                    f"(range [{folded.min()}, {folded.max()}]); the weight scale is too small"
+                )
+            self.bias_q = bias_q.astype(np.int32)  # (N,) kept for the simulation
+            self.bias_folded = folded.astype(np.int32)  # (N,)
+            real_multiplier = acc_scale / np.float64(y_qp.scale)  # (N,) M = s_x s_w / s_y
+            pairs = [fixedpoint.quantize_multiplier(float(m)) for m in real_multiplier]
+            self.multiplier = np.array([m for m, _ in pairs], dtype=np.int32)  # (N,) M0
+            self.shift = np.array([s for _, s in pairs], dtype=np.int32)  # (N,)
+        else:
+            # NOTE: float32 product, as fbgemm's act_times_w_scale; the zero-point term is
+            # subtracted in int32 and the float bias is added after conversion to float.
+            self.acc_scale = (np.float32(x_qp.scale) * w_scale).astype(np.float32)  # (N,)
+            self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)  # (N,)
+            self.zp_correction = zp_correction.astype(np.int32)  # (N,)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self.requant == "fixedpoint":
+            names = ("w_packed", "bias_folded", "multiplier", "shift")
+        else:
+            names = ("w_packed", "bias", "zp_correction", "acc_scale")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def _gemm_requantize(self, a_q: np.ndarray) -> np.ndarray:
+        """int8 (M, K) -> int8 (M, N): the whole integer pipeline of one layer."""
+        acc = kernels.matmul_int8(a_q, self.w_packed)  # (M, N) int32, exact
+        y_qp = self.output_qparams
+        if self.requant == "fixedpoint":
+            return kernels.requantize_fixedpoint(
+                acc,
+                self.bias_folded,
+                self.multiplier,
+                self.shift,
+                y_qp.zero_point,
+                self.clamp_min,
+                y_qp.qmax,
+            )
+        acc -= self.zp_correction  # (M, N) int32, exact: |acc| < 2^31 for K <= MAX_K
+        return kernels.requantize_float(
+            acc,
+            self.bias,
+            self.acc_scale,
+            np.float32(y_qp.scale),
+            y_qp.zero_point,
+            self.clamp_min,
+            y_qp.qmax,
+        )
+
+    def _gemm_repr(self) -> str:
+        y_qp = self.output_qparams
+        return (
+            f"relu={self.relu}, requant={self.requant!r}, "
+            f"out_scale={y_qp.scale:.6g}, out_zero_point={y_qp.zero_point}"
+        )
+
+
+class QuantizedLinear(_QuantizedGemm):
+    r"""Integer-only fully connected layer: int8 (N, in) -> int8 (N, out).
+
+    $y_q = \mathrm{clamp}\big(z_y + M\,(x_q W_q^\top - z_x \mathbf{1} W_q^\top + b_q)\big)$,
+    see the module docstring. ``w_q`` int8 (out, in), ``w_scale`` (out,) or (1,), ``bias``
+    float32 (out,) or None (quantized to int32 at scale $s_x s_w$ for ``"fixedpoint"``).
+
+    >>> w_q = np.array([[1, -2], [3, 4]], dtype=np.int8)
+    >>> qp = QParams(scale=1.0, zero_point=0, qmin=-128, qmax=127)
+    >>> layer = QuantizedLinear(w_q, np.float32([1.0]), None, qp, qp)
+    >>> layer(np.array([[5, 6]], dtype=np.int8))   # [5 - 12, 15 + 24]
+    array([[-7, 39]], dtype=int8)
+    """
+
+    def __init__(
+        self,
+        w_q: np.ndarray,
+        w_scale: np.ndarray,
+        bias: np.ndarray | None,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool = False,
+        requant: str = "fixedpoint",
+    ) -> None:
+        if w_q.ndim != 2:
+            raise ValueError(f"QuantizedLinear: w_q must be (out, in), got shape {w_q.shape}")
+        super().__init__(w_q, w_scale, bias, input_qparams, output_qparams, relu, requant)
+
+    def forward(self, x_q: np.ndarray) -> np.ndarray:
+        _check_int8("QuantizedLinear", x_q, ndim=2)
+        if x_q.shape[1] != self.in_features:
+            raise ValueError(
+                f"QuantizedLinear: expected input (N, {self.in_features}), got {x_q.shape}"
+            )
+        return self._gemm_requantize(x_q)  # (N, out)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, {self._gemm_repr()}"
+
+
+class QuantizedConv2d(_QuantizedGemm):
+    r"""Integer-only 2-D convolution: int8 (N, C, H, W) -> int8 (N, O, H_o, W_o).
+
+    im2col on int8, padding with the input zero point $z_x$ (the code of 0.0, so the padding
+    is an exact zero), then the same GEMM and requantization as :class:`QuantizedLinear`
+    with $K = C k_h k_w$. ``w_q`` int8 (O, C, k, k).
+
+    >>> w_q = np.ones((1, 1, 2, 2), dtype=np.int8)
+    >>> qp = QParams(scale=1.0, zero_point=0, qmin=-128, qmax=127)
+    >>> conv = QuantizedConv2d(w_q, np.float32([1.0]), None, qp, qp)
+    >>> conv(np.arange(9, dtype=np.int8).reshape(1, 1, 3, 3))[0, 0]
+    array([[ 8, 12],
+           [20, 24]], dtype=int8)
+    """
+
+    def __init__(
+        self,
+        w_q: np.ndarray,
+        w_scale: np.ndarray,
+        bias: np.ndarray | None,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        stride: int = 1,
+        padding: int = 0,
+        relu: bool = False,
+        requant: str = "fixedpoint",
+    ) -> None:
+        if w_q.ndim != 4 or w_q.shape[2] != w_q.shape[3]:
+            raise ValueError(f"QuantizedConv2d: w_q must be (out, in, k, k), got shape {w_q.shape}")
+        super().__init__(w_q, w_scale, bias, input_qparams, output_qparams, relu, requant)
+        self.in_channels, self.out_channels = w_q.shape[1], w_q.shape[0]
+        self.kernel_size, self.stride, self.padding = w_q.shape[2], int(stride), int(padding)
+
+    def forward(self, x_q: np.ndarray) -> np.ndarray:
+        _check_int8("QuantizedConv2d", x_q, ndim=4)
+        if x_q.shape[1] != self.in_channels:
+            raise ValueError(
+                f"QuantizedConv2d: expected input (N, {self.in_channels}, H, W), got {x_q.shape}"
+            )
+        n, _, h, w = x_q.shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        pad_value = self.input_qparams.zero_point
+        cols = kernels.im2col_int8(x_q, k, s, p, pad_value)  # (N*Ho*Wo, C*k*k)
+        y_q = self._gemm_requantize(cols)  # (N*Ho*Wo, O)
+        y_q = y_q.reshape(n, h_out, w_out, self.out_channels)  # (N, Ho, Wo, O)
+        return np.ascontiguousarray(y_q.transpose(0, 3, 1, 2))  # (N, O, Ho, Wo)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, {self._gemm_repr()}"
+        )
+
+
+class QuantizedReLU(QuantizedModule):
+    r"""A ReLU that could not be fused: $y_q = \max(x_q, z)$, scale and zero point unchanged.
+
+    >>> QuantizedReLU(zero_point=-5)(np.array([-9, -5, 3], dtype=np.int8))
+    array([-5, -5,  3], dtype=int8)
+    """
+
+    def __init__(self, zero_point: int) -> None:
+        self.zero_point = int(zero_point)
+
+    def forward(self, x_q: np.ndarray) -> np.ndarray:
+        return np.maximum(x_q, np.int8(self.zero_point))
+
+    def extra_repr(self) -> str:
+        return f"zero_point={self.zero_point}"
+
+
+class QuantizedMaxPool2d(QuantizedModule):
+    r"""Max pooling on int8 codes: $\max_i\, s(q_i - z) = s(\max_i q_i - z)$ for $s > 0$.
+
+    >>> pool = QuantizedMaxPool2d(2)
+    >>> pool(np.arange(16, dtype=np.int8).reshape(1, 1, 4, 4))[0, 0]
+    array([[ 5,  7],
+           [13, 15]], dtype=int8)
+    """
+
+    def __init__(self, kernel_size: int, stride: int | None = None) -> None:
+        self.kernel_size = int(kernel_size)
+        self.stride = self.kernel_size if stride is None else int(stride)
+
+    def forward(self, x_q: np.ndarray) -> np.ndarray:
+        _check_int8("QuantizedMaxPool2d", x_q, ndim=4)
+        return kernels.maxpool2d_int8(x_q, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class QuantizedFlatten(QuantizedModule):
+    """(N, ...) -> (N, features); the codes are unchanged.
+
+    >>> QuantizedFlatten()(np.zeros((2, 3, 4, 4), dtype=np.int8)).shape
+    (2, 48)
+    """
+
+    def forward(self, x_q: np.ndarray) -> np.ndarray:
+        return x_q.reshape(x_q.shape[0], -1)
