@@ -172,6 +172,7 @@ class _QuantizedGemm(QuantizedModule):
         w_scale = np.broadcast_to(np.asarray(w_scale, dtype=np.float32), (n_out,))  # (N,)
         x_qp, y_qp = input_qparams, output_qparams
         self.input_qparams, self.output_qparams = x_qp, y_qp
+        self.w_scale = w_scale.copy()  # (N,) for export and reports; forward does not read it
         self.relu, self.requant = bool(relu), requant
         self.in_features, self.out_features = k, n_out
         # NOTE: the GEMM reads B as (K, N) row-major, so the weights are transposed once here.
@@ -195,9 +196,9 @@ class _QuantizedGemm(QuantizedModule):
             self.bias_q = bias_q.astype(np.int32)  # (N,) kept for the simulation
             self.bias_folded = folded.astype(np.int32)  # (N,)
             real_multiplier = acc_scale / np.float64(y_qp.scale)  # (N,) M = s_x s_w / s_y
-            pairs = [fixedpoint.quantize_multiplier(float(m)) for m in real_multiplier]
-            self.multiplier = np.array([m for m, _ in pairs], dtype=np.int32)  # (N,) M0
-            self.shift = np.array([s for _, s in pairs], dtype=np.int32)  # (N,)
+            multiplier, shift = fixedpoint.quantize_multiplier(real_multiplier)
+            self.multiplier = multiplier.astype(np.int32)  # (N,) M0 in [2^30, 2^31)
+            self.shift = shift.astype(np.int32)  # (N,)
         else:
             # NOTE: float32 product, as fbgemm's act_times_w_scale; the zero-point term is
             # subtracted in int32 and the float bias is added after conversion to float.
