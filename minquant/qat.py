@@ -45,7 +45,6 @@ import numpy as np
 
 from minquant import nn, observers, ptq
 from minquant.fake_quant import FakeQuantize
-from minquant.nn.functional import col2im, conv_output_size, im2col
 from minquant.quant import quantize
 
 #: Training steps after which BatchNorm statistics are frozen (PyTorch's QAT recipes freeze
@@ -78,6 +77,23 @@ def _act_fake_quant(act_bits: int, learnable: bool) -> FakeQuantize:
     return FakeQuantize(num_bits=act_bits, signed=False, symmetric=False, learnable=learnable)
 
 
+def _with_weight(layer: nn.Conv2d | nn.Linear, weight: np.ndarray, run, arg: np.ndarray):
+    """Run ``run(arg)`` (the layer's forward or backward) with ``weight`` in place of the
+    layer's weight and no bias; return the result and the gradient for ``weight``.
+
+    This reuses the float engine's convolution and matmul (and their backward passes) for
+    the fake-quantized weight, while the layer's own weight and bias stay untouched.
+    """
+    original_weight, original_bias = layer.weight, layer.bias
+    stand_in = nn.Parameter(weight)
+    layer.weight, layer.bias = stand_in, None
+    try:
+        out = run(arg)
+    finally:
+        layer.weight, layer.bias = original_weight, original_bias
+    return out, stand_in.grad
+
+
 class QATLinear(nn.Module):
     r"""Linear layer with fake-quantized weights: $y = x\,\mathrm{fq}(W)^\top + b$.
 
@@ -98,19 +114,19 @@ class QATLinear(nn.Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         w_fq = self.weight_fake_quant(self.linear.weight.data)  # (out, in)
-        y = x @ w_fq.T  # (N, out)
+        y, _ = _with_weight(self.linear, w_fq, self.linear.forward, x)  # (N, out)
         if self.linear.bias is not None:
             y += self.linear.bias.data
-        self._cache = (x, w_fq)
+        self._cache = w_fq
         return y
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         self._need_cache(self._cache)
-        x, w_fq = self._cache
-        self.linear.weight.grad += self.weight_fake_quant.backward(grad_out.T @ x)  # (out, in)
+        dx, grad_w_fq = _with_weight(self.linear, self._cache, self.linear.backward, grad_out)
+        self.linear.weight.grad += self.weight_fake_quant.backward(grad_w_fq)  # (out, in)
         if self.linear.bias is not None:
             self.linear.bias.grad += grad_out.sum(axis=0)  # (out,)
-        return grad_out @ w_fq  # (N, in)
+        return dx  # (N, in)
 
 
 class QATConvBn2d(nn.Module):
@@ -183,13 +199,8 @@ class QATConvBn2d(nn.Module):
         f, inv_std = self._factor(), self._inv_std()  # (C,)
         w_fold, b_fold = self.folded_weight_bias()
         w_fq = self.weight_fake_quant(w_fold)  # (C, C_in, k, k)
-        k, s, p = self.conv.kernel_size, self.conv.stride, self.conv.padding
-        n, o = x.shape[0], self.conv.out_channels
-        h_out, w_out = conv_output_size(x.shape[2], k, s, p), conv_output_size(x.shape[3], k, s, p)
-        cols = im2col(x, k, s, p).reshape(n * h_out * w_out, -1)  # (N*Ho*Wo, C_in*k*k)
-        y_conv = (cols @ w_fq.reshape(o, -1).T).reshape(n, h_out, w_out, o)
-        y_conv = y_conv.transpose(0, 3, 1, 2)  # (N, C, Ho, Wo)
-        self._cache = (x.shape, cols, w_fq, f, inv_std, live, y_conv if live else None)
+        y_conv, _ = _with_weight(self.conv, w_fq, self.conv.forward, x)  # (N, C, Ho, Wo)
+        self._cache = (w_fq, f, inv_std, live, y_conv if live else None)
         if not live:
             return y_conv + b_fold[:, None, None]
         y = y_conv / f[:, None, None]  # (N, C, Ho, Wo), the unfolded convolution
@@ -199,7 +210,7 @@ class QATConvBn2d(nn.Module):
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         self._need_cache(self._cache)
-        x_shape, cols, w_fq, f, inv_std, live, y_conv = self._cache
+        w_fq, f, inv_std, live, y_conv = self._cache
         axes = (0, 2, 3)
         if live:
             grad_y = self.bn.backward(grad_out)  # (N, C, Ho, Wo), w.r.t. conv / f + b
@@ -218,17 +229,13 @@ class QATConvBn2d(nn.Module):
                 self.bn.bias.grad += sum_g
                 b = self.conv.bias.data if self.conv.bias is not None else 0.0
                 grad_f += sum_g * (b - self.bn.running_mean)
-        n, o, h_out, w_out = grad_conv.shape
-        g = grad_conv.transpose(0, 2, 3, 1).reshape(n * h_out * w_out, o)  # (N*Ho*Wo, C)
-        grad_w_fq = (g.T @ cols).reshape(w_fq.shape)  # (C, C_in, k, k)
+        dx, grad_w_fq = _with_weight(self.conv, w_fq, self.conv.backward, grad_conv)
         grad_w_fold = self.weight_fake_quant.backward(grad_w_fq)  # STE mask or LSQ
         self.conv.weight.grad += grad_w_fold * f[:, None, None, None]
         if self.bn is not None:
             grad_f += (grad_w_fold * self.conv.weight.data).sum(axis=(1, 2, 3))
             self.bn.weight.grad += grad_f * inv_std
-        k = self.conv.kernel_size
-        dcols = (g @ w_fq.reshape(o, -1)).reshape(n, h_out, w_out, x_shape[1], k, k)
-        return col2im(dcols, x_shape, k, self.conv.stride, self.conv.padding)  # (N, C, H, W)
+        return dx  # (N, C_in, H, W)
 
 
 def _check_bits(name: str, bits: int) -> int:
