@@ -1,0 +1,370 @@
+r"""Numba kernels of integer-only inference, each next to the NumPy reference it must equal.
+
+A quantized layer is ``im2col`` (convolutions only) -> int8 GEMM -> requantization:
+
+$$y_q = \mathrm{clip}\Big(z_{out} + \mathrm{round}\big(M_c\,(\textstyle\sum_k x_q w_q + b_q)\big),
+\ q_{min},\ q_{max}\Big), \qquad M_c = \frac{s_{in}\, s_{w,c}}{s_{out}}.$$
+
+Requantization comes in two styles: fixed point (TFLite, integers only, see
+:mod:`minquant.fixedpoint`) and float32 (PyTorch's x86/fbgemm backend). Every kernel is written
+as plain Python (``_name_py``) and compiled with ``njit(cache=True)``: with
+``NUMBA_DISABLE_JIT=1`` the very same Python runs, slowly, which is handy for stepping through.
+Nothing is compiled at import time; the first call compiles (and caches) each kernel.
+
+The int8 GEMM lives in :mod:`minquant.gemm` and is re-exported here.
+
+References:
+
+* B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
+  Integer-Arithmetic-Only Inference", CVPR 2018 (arXiv:1712.05877).
+* TensorFlow Lite ``reference_ops`` (FullyConnected, Conv) and fbgemm
+  ``ReQuantizeOutput`` (``OutputProcessing-inl.h``), used by PyTorch's x86 quantized engine.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from minquant.fixedpoint import multiply_by_quantized_multiplier
+from minquant.gemm import MAX_K, check_matmul_int8, matmul_int8, matmul_int8_ref
+
+__all__ = [
+    "MAX_K",
+    "check_matmul_int8",
+    "im2col_int8",
+    "im2col_int8_ref",
+    "matmul_int8",
+    "matmul_int8_ref",
+    "maxpool2d_int8",
+    "maxpool2d_int8_ref",
+    "requantize_fixedpoint",
+    "requantize_fixedpoint_ref",
+    "requantize_float",
+    "requantize_float_ref",
+]
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (value, value) if np.isscalar(value) else tuple(value)
+    if len(pair) != 2 or any(int(v) != v or v < 0 for v in pair):
+        raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_int8(name: str, x: np.ndarray, ndim: int) -> None:
+    if not isinstance(x, np.ndarray) or x.dtype != np.int8:
+        raise TypeError(f"{name} must be an int8 ndarray, got {getattr(x, 'dtype', type(x))}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+# ---- im2col ------------------------------------------------------------------------------
+
+
+def _conv_geometry(x_q, kernel_size, stride, padding):
+    _check_int8("x_q", x_q, ndim=4)
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if kh == 0 or kw == 0 or sh == 0 or sw == 0:
+        raise ValueError(f"kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
+    h_out = _out_size(x_q.shape[2], kh, sh, ph)
+    w_out = _out_size(x_q.shape[3], kw, sw, pw)
+    if h_out < 1 or w_out < 1:
+        raise ValueError(
+            f"kernel_size {kernel_size} with padding {padding} does not fit input {x_q.shape}"
+        )
+    return (kh, kw), (sh, sw), (ph, pw), (h_out, w_out)
+
+
+def im2col_int8_ref(x_q, kernel_size, stride=1, padding=0, pad_value=0) -> np.ndarray:
+    """NumPy reference of :func:`im2col_int8`: pad, take sliding windows, reshape."""
+    (kh, kw), (sh, sw), (ph, pw), _ = _conv_geometry(x_q, kernel_size, stride, padding)
+    padded = np.pad(x_q, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw]  # (N, C, Ho, Wo, kh, kw)
+    n, c, h_out, w_out = windows.shape[:4]
+    cols = windows.transpose(0, 2, 3, 1, 4, 5)  # (N, Ho, Wo, C, kh, kw)
+    return np.ascontiguousarray(cols).reshape(n * h_out * w_out, c * kh * kw)
+
+
+def _im2col_int8_py(x, kh, kw, sh, sw, ph, pw, pad_value, h_out, w_out, cols):
+    """Fill cols (N*Ho*Wo, C*kh*kw) from x (N, C, H, W); out-of-image taps get pad_value."""
+    n, c, h, w = x.shape
+    for row in prange(n * h_out * w_out):
+        b = row // (h_out * w_out)
+        oy = (row // w_out) % h_out
+        ox = row % w_out
+        col = 0
+        for ch in range(c):
+            for dy in range(kh):
+                y = oy * sh - ph + dy
+                for dx in range(kw):
+                    xx = ox * sw - pw + dx
+                    if 0 <= y < h and 0 <= xx < w:
+                        cols[row, col] = x[b, ch, y, xx]
+                    else:
+                        cols[row, col] = pad_value
+                    col += 1
+
+
+_im2col_int8_kernel = njit(cache=True, parallel=True)(_im2col_int8_py)
+
+
+def im2col_int8(
+    x_q: np.ndarray,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    pad_value: int = 0,
+) -> np.ndarray:
+    r"""Unfold int8 images into GEMM rows: a convolution becomes ``cols @ w_q.reshape(O, -1).T``.
+
+    ``x_q`` (N, C, H, W) int8 -> int8 (N*Ho*Wo, C*kh*kw). Rows run over (n, oy, ox) and columns
+    over (c, dy, dx), the order of a PyTorch weight (O, C, kh, kw) reshaped to (O, C*kh*kw).
+    Padding taps hold ``pad_value``: the input zero point, the integer that means real 0.
+
+    >>> x_q = np.arange(1, 5, dtype=np.int8).reshape(1, 1, 2, 2)
+    >>> im2col_int8(x_q, kernel_size=2, padding=1, pad_value=-3)[:2]
+    array([[-3, -3, -3,  1],
+           [-3, -3,  1,  2]], dtype=int8)
+    """
+    (kh, kw), (sh, sw), (ph, pw), (h_out, w_out) = _conv_geometry(x_q, kernel_size, stride, padding)
+    if not -128 <= pad_value <= 127:
+        raise ValueError(f"pad_value must be an int8 value in [-128, 127], got {pad_value}")
+    n, c = x_q.shape[:2]
+    cols = np.empty((n * h_out * w_out, c * kh * kw), dtype=np.int8)
+    x = np.ascontiguousarray(x_q)
+    _im2col_int8_kernel(x, kh, kw, sh, sw, ph, pw, np.int8(pad_value), h_out, w_out, cols)
+    return cols
+
+
+# ---- requantization ----------------------------------------------------------------------
+
+
+def _check_requant(acc, bias, name, bias_dtype):
+    if not isinstance(acc, np.ndarray) or acc.dtype != np.int32 or acc.ndim != 2:
+        shape = getattr(acc, "shape", None)
+        raise TypeError(
+            f"acc must be an int32 (M, N) ndarray, got {getattr(acc, 'dtype', acc)} "
+            f"with shape {shape}"
+        )
+    n = acc.shape[1]
+    if bias is None:
+        return np.zeros(n, dtype=bias_dtype)
+    bias = np.asarray(bias)
+    if bias.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {bias.shape}")
+    return bias.astype(bias_dtype)
+
+
+def _per_channel(value, n: int, name: str, dtype) -> np.ndarray:
+    value = np.asarray(value)
+    if value.ndim == 0:
+        value = np.full(n, value)
+    if value.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), got {value.shape}")
+    return value.astype(dtype)
+
+
+def _check_clamp(zero_point_out: int, qmin: int, qmax: int) -> None:
+    if not -128 <= qmin <= zero_point_out <= qmax <= 127:
+        raise ValueError(
+            "need -128 <= qmin <= zero_point_out <= qmax <= 127 for int8 output, got "
+            f"qmin={qmin}, zero_point_out={zero_point_out}, qmax={qmax}"
+        )
+
+
+def requantize_fixedpoint_ref(acc, bias_q, multiplier, shift, zero_point_out, qmin, qmax):
+    """NumPy reference of :func:`requantize_fixedpoint`, built on :mod:`minquant.fixedpoint`."""
+    bias_q = _check_requant(acc, bias_q, "bias_q", np.int64)
+    y = multiply_by_quantized_multiplier(acc.astype(np.int64) + bias_q, multiplier, shift)
+    return np.clip(y.astype(np.int64) + zero_point_out, qmin, qmax).astype(np.int8)  # (M, N)
+
+
+@njit(cache=True)
+def _mbqm_scalar(x, multiplier, shift):
+    """multiply_by_quantized_multiplier for one int64 value (gemmlowp's SRDHM then RDBPOT)."""
+    x = x << max(shift, 0)
+    if x == -(2**31) and multiplier == -(2**31):
+        high = 2**31 - 1
+    else:
+        ab = x * multiplier
+        num = ab + (2**30 if ab >= 0 else 1 - 2**30)
+        # NOTE: C truncating division by 2**31, written with shifts on |num|.
+        high = num >> 31 if num >= 0 else -((-num) >> 31)
+    exponent = max(-shift, 0)
+    mask = (1 << exponent) - 1
+    threshold = (mask >> 1) + (1 if high < 0 else 0)
+    return (high >> exponent) + (1 if (high & mask) > threshold else 0)
+
+
+def _requantize_fixedpoint_py(acc, bias, multiplier, shift, zero_point_out, qmin, qmax, out):
+    m, n = acc.shape
+    for i in prange(m):
+        for j in range(n):
+            x = np.int64(acc[i, j]) + bias[j]
+            y = _mbqm_scalar(x, multiplier[j], shift[j]) + zero_point_out
+            out[i, j] = min(max(y, qmin), qmax)
+
+
+_requantize_fixedpoint_kernel = njit(cache=True, parallel=True)(_requantize_fixedpoint_py)
+
+
+def requantize_fixedpoint(
+    acc: np.ndarray,
+    bias_q: np.ndarray | None,
+    multiplier: np.ndarray | int,
+    shift: np.ndarray | int,
+    zero_point_out: int,
+    qmin: int,
+    qmax: int,
+) -> np.ndarray:
+    r"""TFLite requantization, integers only: int32 accumulators -> int8 outputs.
+
+    $$y_q = \mathrm{clip}\big(z_{out} + \mathrm{MBQM}(acc + b_q,\ M_{0,c},\ shift_c),\
+    q_{min},\ q_{max}\big)$$
+
+    ``acc`` int32 (M, N); ``bias_q`` int32 (N,) at scale $s_{in} s_{w,c}$ or None;
+    ``multiplier`` and ``shift`` per output channel (N,) or scalars (from
+    :func:`minquant.fixedpoint.quantize_multiplier`). A fused ReLU is just
+    ``qmin = max(qmin, zero_point_out)``. Returns int8 (M, N).
+
+    >>> acc = np.array([[100, -100, 1000]], dtype=np.int32)
+    >>> requantize_fixedpoint(acc, None, 1 << 30, 0, zero_point_out=-3, qmin=-128, qmax=127)
+    array([[  47,  -53,  127]], dtype=int8)
+    """
+    n = acc.shape[1] if isinstance(acc, np.ndarray) and acc.ndim == 2 else 0
+    bias_q = _check_requant(acc, bias_q, "bias_q", np.int64)
+    multiplier = _per_channel(multiplier, n, "multiplier", np.int64)
+    shift = _per_channel(shift, n, "shift", np.int64)
+    _check_clamp(zero_point_out, qmin, qmax)
+    # NOTE: acc + bias and the left shift are done in int64 and assumed to fit int32, which
+    # the caller guarantees (K <= MAX_K, shift <= 0 for M < 1); the reference checks it.
+    out = np.empty(acc.shape, dtype=np.int8)
+    _requantize_fixedpoint_kernel(
+        acc, bias_q, multiplier, shift, int(zero_point_out), int(qmin), int(qmax), out
+    )
+    return out
+
+
+def _float_requant_params(acc, bias, acc_scale, out_scale):
+    """float32 per-channel ``bias / acc_scale`` and ``acc_scale / out_scale``, as fbgemm."""
+    n = acc.shape[1] if isinstance(acc, np.ndarray) and acc.ndim == 2 else 0
+    bias = _check_requant(acc, bias, "bias", np.float32)
+    acc_scale = _per_channel(acc_scale, n, "acc_scale", np.float32)
+    out_scale = np.float32(out_scale)
+    if not (np.all(acc_scale > 0) and out_scale > 0 and np.isfinite(out_scale)):
+        raise ValueError(f"acc_scale and out_scale must be > 0, got {acc_scale}, {out_scale}")
+    # NOTE: both divisions are float32 / float32, rounded once, as in torch's qlinear
+    # (act_times_w_scale / output_scale) and fbgemm's ReQuantizeOutput (bias / act_times_w_scale).
+    bias_over_scale = bias / acc_scale  # (N,) float32
+    multiplier = acc_scale / out_scale  # (N,) float32
+    return bias_over_scale, multiplier
+
+
+def requantize_float_ref(acc, bias, acc_scale, out_scale, zero_point_out, qmin, qmax):
+    """NumPy reference of :func:`requantize_float` (float32 throughout)."""
+    bias_over_scale, multiplier = _float_requant_params(acc, bias, acc_scale, out_scale)
+    _check_clamp(zero_point_out, qmin, qmax)
+    x = acc.astype(np.float32) + bias_over_scale  # (M, N) float32
+    y = np.rint(x * multiplier).astype(np.int64) + zero_point_out  # (M, N)
+    return np.clip(y, qmin, qmax).astype(np.int8)
+
+
+def _requantize_float_py(acc, bias_over_scale, multiplier, zero_point_out, qmin, qmax, out):
+    m, n = acc.shape
+    for i in prange(m):
+        for j in range(n):
+            # NOTE: every step is float32 (int32 -> float32 rounds to nearest for |acc| > 2**24,
+            # like cvtdq2ps), and rint rounds half to even, like lrintf / cvtps2dq.
+            x = np.float32(acc[i, j]) + bias_over_scale[j]
+            y = np.int64(np.rint(np.float32(x * multiplier[j]))) + zero_point_out
+            out[i, j] = min(max(y, qmin), qmax)
+
+
+_requantize_float_kernel = njit(cache=True, parallel=True)(_requantize_float_py)
+
+
+def requantize_float(
+    acc: np.ndarray,
+    bias: np.ndarray | None,
+    acc_scale: np.ndarray | float,
+    out_scale: float,
+    zero_point_out: int,
+    qmin: int,
+    qmax: int,
+) -> np.ndarray:
+    r"""PyTorch x86 (fbgemm) requantization in float32: int32 accumulators -> int8 outputs.
+
+    $$y_q = \mathrm{clip}\Big(\mathrm{rint}\Big(\big(\mathrm{f32}(acc) + \frac{b_c}{a_c}\big)
+    \cdot \frac{a_c}{s_{out}}\Big) + z_{out},\ q_{min},\ q_{max}\Big), \qquad
+    a_c = s_{in}\, s_{w,c}\ (\text{float32}).$$
+
+    ``acc`` int32 (M, N) with the zero-point terms already removed; ``bias`` float32 (N,) or
+    None; ``acc_scale`` float32 (N,) or scalar. Each operation is one float32 operation in
+    fbgemm's order, so the result is bit-exact with ``torch.ao.nn.quantized.Linear`` / ``Conv2d``
+    (with int8 codes = uint8 codes - 128). Returns int8 (M, N).
+
+    >>> acc = np.array([[100, -100, 1000]], dtype=np.int32)
+    >>> requantize_float(acc, None, 0.5, 1.0, zero_point_out=-3, qmin=-128, qmax=127)
+    array([[  47,  -53,  127]], dtype=int8)
+    """
+    bias_over_scale, multiplier = _float_requant_params(acc, bias, acc_scale, out_scale)
+    _check_clamp(zero_point_out, qmin, qmax)
+    out = np.empty(acc.shape, dtype=np.int8)
+    _requantize_float_kernel(
+        acc, bias_over_scale, multiplier, int(zero_point_out), int(qmin), int(qmax), out
+    )
+    return out
+
+
+# ---- max pooling -------------------------------------------------------------------------
+
+
+def maxpool2d_int8_ref(x_q, kernel_size, stride=None) -> np.ndarray:
+    """NumPy reference of :func:`maxpool2d_int8` via sliding windows."""
+    (kh, kw), (sh, sw), _, _ = _conv_geometry(x_q, kernel_size, stride or kernel_size, 0)
+    windows = np.lib.stride_tricks.sliding_window_view(x_q, (kh, kw), axis=(2, 3))
+    return np.ascontiguousarray(windows[:, :, ::sh, ::sw].max(axis=(4, 5)))  # (N, C, Ho, Wo)
+
+
+def _maxpool2d_int8_py(x, kh, kw, sh, sw, out):
+    n, c, h_out, w_out = out.shape
+    for plane in prange(n * c):
+        b = plane // c
+        ch = plane % c
+        for oy in range(h_out):
+            for ox in range(w_out):
+                best = x[b, ch, oy * sh, ox * sw]
+                for dy in range(kh):
+                    for dx in range(kw):
+                        best = max(best, x[b, ch, oy * sh + dy, ox * sw + dx])
+                out[b, ch, oy, ox] = best
+
+
+_maxpool2d_int8_kernel = njit(cache=True, parallel=True)(_maxpool2d_int8_py)
+
+
+def maxpool2d_int8(
+    x_q: np.ndarray,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+) -> np.ndarray:
+    r"""Max pooling on int8 codes (no padding, floor mode): exact, since for $s > 0$
+    $\max_i s(q_i - z) = s(\max_i q_i - z)$.
+
+    ``x_q`` (N, C, H, W) int8 -> int8 (N, C, Ho, Wo); ``stride`` defaults to ``kernel_size``.
+
+    >>> x_q = np.array([[-128, 3, 5, 127], [0, -1, 2, 1]], dtype=np.int8).reshape(1, 1, 2, 4)
+    >>> maxpool2d_int8(x_q, 2)
+    array([[[[  3, 127]]]], dtype=int8)
+    """
+    stride = kernel_size if stride is None else stride
+    (kh, kw), (sh, sw), _, (h_out, w_out) = _conv_geometry(x_q, kernel_size, stride, 0)
+    out = np.empty((x_q.shape[0], x_q.shape[1], h_out, w_out), dtype=np.int8)
+    _maxpool2d_int8_kernel(np.ascontiguousarray(x_q), kh, kw, sh, sw, out)
+    return out
