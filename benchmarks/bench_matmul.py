@@ -1,0 +1,182 @@
+"""int8 GEMM throughput: minquant's Numba kernel against the honest baselines, side by side.
+
+    python benchmarks/bench_matmul.py               # markdown table
+    python benchmarks/bench_matmul.py --json        # the same numbers as JSON
+
+GOP/s counts 2*M*N*K operations (a multiply and an add) for every method. All methods run
+interleaved in one process, ``--repeats`` times each, and the median time is reported, so that
+load from other processes hits all of them alike. Methods:
+
+* ``matmul_int8``: :func:`minquant.kernels.matmul_int8` (int8 x int8 -> int32, exact);
+* ``f32 BLAS``: ``np.matmul`` on float32 (not exact beyond 2**24, the usual yardstick);
+* ``f64 BLAS exact``: int8 -> float64, ``np.matmul``, -> int32 (exact, conversions included);
+* ``NumPy int32``: ``np.matmul`` on int32, which NumPy runs without BLAS;
+* ``torch._int_mm``: PyTorch's int8 GEMM on the CPU (oneDNN), when torch is installed;
+* ``torch f32``: ``torch.mm`` on float32, for reference (another BLAS).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from minquant import kernels
+
+#: NumPy's int32 matmul is ~1000x slower than BLAS: fewer repeats, and only up to this size.
+INT32_MAX_SIZE = 1024
+
+
+def cpu_info() -> dict[str, object]:
+    """CPU model and the SIMD features that decide which int8 instructions exist."""
+    model, flags = platform.processor(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", "x86_64"):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {"model": model, "cores": os.cpu_count(), "simd": [f for f in wanted if f in flags]}
+
+
+def environment() -> dict[str, object]:
+    import numba
+
+    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    env = {
+        "cpu": cpu_info(),
+        "numpy": np.__version__,
+        "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip(),
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "load_average_before": os.getloadavg()[0],
+    }
+    # NOTE: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, when set, pick an older OpenBLAS kernel and
+    # slow the float baselines down: report them instead of hiding them.
+    for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS"):
+        env[name] = os.environ.get(name)
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+        env["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except ImportError:
+        env["torch"] = None
+    return env
+
+
+def methods(a_q: np.ndarray, b_q: np.ndarray) -> dict[str, object]:
+    """name -> zero-argument callable computing a_q @ b_q (M, N)."""
+    a32, b32 = a_q.astype(np.float32), b_q.astype(np.float32)
+    a_i32, b_i32 = a_q.astype(np.int32), b_q.astype(np.int32)
+    out = {
+        "matmul_int8": lambda: kernels.matmul_int8(a_q, b_q),
+        "f32 BLAS": lambda: a32 @ b32,
+        "f64 BLAS exact": lambda: (a_q.astype(np.float64) @ b_q.astype(np.float64)).astype(
+            np.int32
+        ),
+    }
+    if a_q.shape[0] <= INT32_MAX_SIZE:
+        out["NumPy int32"] = lambda: a_i32 @ b_i32
+    try:
+        import torch
+    except ImportError:
+        return out
+    ta, tb = torch.from_numpy(a_q), torch.from_numpy(b_q)
+    ta32, tb32 = ta.float(), tb.float()
+    out["torch._int_mm"] = lambda: torch._int_mm(ta, tb)
+    out["torch f32"] = lambda: torch.mm(ta32, tb32)
+    return out
+
+
+def bench_size(n: int, repeats: int, rng: np.random.Generator) -> dict[str, float]:
+    """Median GOP/s of every method on an (n, n) @ (n, n) product."""
+    a_q = rng.integers(-128, 128, (n, n)).astype(np.int8)
+    b_q = rng.integers(-128, 128, (n, n)).astype(np.int8)
+    exact = kernels.matmul_int8_ref(a_q, b_q) if n <= 512 else None
+    funcs = methods(a_q, b_q)
+    got = funcs["matmul_int8"]()  # also compiles the kernel (or loads it from the cache)
+    want = funcs["f64 BLAS exact"]()
+    if exact is not None:
+        np.testing.assert_array_equal(want, exact)
+    np.testing.assert_array_equal(got, want)
+    times: dict[str, list[float]] = {name: [] for name in funcs}
+    for rep in range(repeats):
+        for name, f in funcs.items():
+            if name == "NumPy int32" and rep >= max(1, repeats // 5):
+                continue  # seconds per call at 1024: a few repeats are enough
+            start = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - start)
+    ops = 2.0 * n**3
+    return {name: ops / statistics.median(t) / 1e9 for name, t in times.items()}
+
+
+def ratios(gops: dict[str, float]) -> dict[str, float]:
+    ours = gops["matmul_int8"]
+    out = {"int8 / f32 BLAS": ours / gops["f32 BLAS"]}
+    if "NumPy int32" in gops:
+        out["int8 / NumPy int32"] = ours / gops["NumPy int32"]
+    if "torch._int_mm" in gops:
+        out["int8 / torch._int_mm"] = ours / gops["torch._int_mm"]
+    return out
+
+
+def markdown(env: dict[str, object], results: dict[int, dict[str, float]]) -> str:
+    names = list(next(iter(results.values())))
+    ratio_names = list(ratios(results[max(results)]))
+    lines = [
+        "| size | " + " | ".join(names) + " | " + " | ".join(ratio_names) + " |",
+        "|---:" * (1 + len(names) + len(ratio_names)) + "|",
+    ]
+    for n, gops in results.items():
+        cells = [f"{gops[k]:.1f}" if k in gops else "-" for k in names]
+        r = ratios(gops)
+        cells += [f"{r[k]:.2f}x" if k in r else "-" for k in ratio_names]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    cpu = env["cpu"]
+    lines += [
+        "",
+        "GOP/s (2*n^3 / median time); ratios are matmul_int8 over the named method.",
+        f"CPU: {cpu['model']}, {cpu['cores']} cores, SIMD: {', '.join(cpu['simd'])}; "
+        f"NumPy {env['numpy']} ({env['blas']}), Numba {env['numba']} "
+        f"({env['numba_threads']} threads), torch {env['torch']}"
+        + (f" ({env['torch_cpu_capability']})" if env["torch"] else "")
+        + f"; OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, "
+        f"OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']}; load average "
+        f"{env['load_average_before']:.1f} -> {env['load_average_after']:.1f}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    env = environment()
+    results = {n: bench_size(n, args.repeats, rng) for n in args.sizes}
+    env["load_average_after"] = os.getloadavg()[0]
+    if args.json:
+        report = {
+            "environment": env,
+            "gops": {str(n): r for n, r in results.items()},
+            "ratios": {str(n): ratios(r) for n, r in results.items()},
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        print(markdown(env, results))
+
+
+if __name__ == "__main__":
+    main()
