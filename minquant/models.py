@@ -1,0 +1,103 @@
+"""Small reference models: a multilayer perceptron and a small CNN for 28x28 digits.
+
+``load_pretrained()`` returns the small CNN trained on the bundled MNIST subset (the weights
+ship with the package, made by ``benchmarks/make_pretrained.py``), so that quantization
+experiments need not train a model first.
+"""
+
+from importlib import resources
+
+import numpy as np
+
+from minquant import nn
+
+#: Channel widths of the packaged ``small_cnn`` weights.
+SMALL_CNN_CHANNELS = (16, 32)
+PRETRAINED = {"small_cnn": "data/small_cnn.npz"}
+
+
+def small_cnn(
+    rng: np.random.Generator | None = None,
+    c1: int = SMALL_CNN_CHANNELS[0],
+    c2: int = SMALL_CNN_CHANNELS[1],
+) -> nn.Sequential:
+    """Two Conv-BatchNorm-ReLU-MaxPool blocks and a Linear classifier, for (N, 1, 28, 28).
+
+    Shapes: (N, 1, 28, 28) -> (N, c1, 14, 14) -> (N, c2, 7, 7) -> (N, 10) logits.
+
+    >>> model = small_cnn(rng=np.random.default_rng(0))
+    >>> model(np.zeros((2, 1, 28, 28), dtype=np.float32)).shape
+    (2, 10)
+    >>> sum(p.data.size for p in model.parameters())
+    20586
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1, rng=rng),  # (N, c1, 28, 28)
+        nn.BatchNorm2d(c1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # (N, c1, 14, 14)
+        nn.Conv2d(c1, c2, 3, padding=1, rng=rng),  # (N, c2, 14, 14)
+        nn.BatchNorm2d(c2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # (N, c2, 7, 7)
+        nn.Flatten(),  # (N, c2 * 49)
+        nn.Linear(c2 * 7 * 7, 10, rng=rng),  # (N, 10)
+    )
+
+
+def mlp(
+    rng: np.random.Generator | None = None,
+    hidden: tuple[int, ...] = (128,),
+    in_features: int = 28 * 28,
+    num_classes: int = 10,
+) -> nn.Sequential:
+    """Flatten, then Linear-ReLU for each hidden width, then a Linear classifier.
+
+    >>> model = mlp(rng=np.random.default_rng(0), hidden=(32, 16))
+    >>> [type(m).__name__ for m in model]
+    ['Flatten', 'Linear', 'ReLU', 'Linear', 'ReLU', 'Linear']
+    >>> model(np.zeros((3, 1, 28, 28), dtype=np.float32)).shape
+    (3, 10)
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h, rng=rng), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_classes, rng=rng))
+    return nn.Sequential(*layers)
+
+
+def load_pretrained(name: str = "small_cnn") -> nn.Sequential:
+    """The packaged float model, trained on the bundled MNIST subset, in eval mode.
+
+    Its test accuracy is recorded next to the weights (see :func:`pretrained_accuracy`).
+
+    >>> from minquant.data import load_mnist
+    >>> from minquant.train import evaluate
+    >>> X, y = load_mnist("test")
+    >>> evaluate(load_pretrained(), X, y) == pretrained_accuracy()
+    True
+    """
+    from minquant.train import load, read_metadata
+
+    if name not in PRETRAINED:
+        raise ValueError(f"name must be one of {sorted(PRETRAINED)}, got {name!r}")
+    with resources.as_file(resources.files("minquant").joinpath(PRETRAINED[name])) as path:
+        meta = read_metadata(path)
+        # NOTE: the rng only fills weights that load() overwrites at once.
+        model = small_cnn(rng=np.random.default_rng(0), c1=meta["c1"], c2=meta["c2"])
+        load(model, path)
+    return model.eval()
+
+
+def pretrained_accuracy(name: str = "small_cnn") -> float:
+    """Test accuracy (on ``load_mnist("test")``) recorded when the packaged weights were made."""
+    from minquant.train import read_metadata
+
+    if name not in PRETRAINED:
+        raise ValueError(f"name must be one of {sorted(PRETRAINED)}, got {name!r}")
+    with resources.as_file(resources.files("minquant").joinpath(PRETRAINED[name])) as path:
+        return float(read_metadata(path)["test_accuracy"])
