@@ -52,13 +52,12 @@ class Observer:
     hold 0. The range used is available as ``obs.qmin``, ``obs.qmax``.
 
     The zero point of a *symmetric unsigned* range follows PyTorch: 128 for the default
-    8-bit range, ``(qmin + qmax) // 2`` for any other ("customized") range.
+    8-bit range, ``(qmin + qmax) // 2`` for any other ("customized") range, so an explicit
+    ``qmin=0, qmax=255`` gives 127.
 
-    NOTE: PyTorch keeps 128 even with ``reduce_range=True``, where the range is [0, 127]
-    and 128 lies outside it (``torch.ao`` sets the zero point before it looks at the
-    reduced range). We reproduce this so that the parameters stay bit-exact;
-    :func:`~minquant.quant.quantize` then rejects that zero point, as PyTorch's
-    fake-quantize does.
+    NOTE: unsigned + symmetric + ``reduce_range`` is refused (ValueError). PyTorch's
+    min/max observers refuse it too (NotImplementedError), but its HistogramObserver
+    accepts it and returns zero point 128 for the range [0, 127], outside the range.
     """
 
     def __init__(
@@ -84,6 +83,11 @@ class Observer:
             raise ValueError(
                 f"the integer range must hold 0, got [{full_qmin}, {full_qmax}] "
                 f"(narrow_range=True with signed=False excludes 0)"
+            )
+        if reduce_range and symmetric and full_qmin >= 0:
+            raise ValueError(
+                "reduce_range=True is not supported for unsigned symmetric quantization "
+                "(the zero point would not fit the reduced range)"
             )
         if reduce_range:
             # NOTE: floor halving, as qrange(..., reduce_range=True) and torch.ao do.

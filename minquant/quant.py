@@ -183,6 +183,11 @@ def calc_qparams(
     if np.any(min_val > max_val):
         raise ValueError(f"min_val must be <= max_val, got min_val={min_val}, max_val={max_val}")
 
+    if np.any(np.float64(max_val) - np.float64(min_val) > np.finfo(np.float32).max):
+        raise ValueError(
+            f"max_val - min_val must fit in float32 (below 3.4e38), "
+            f"got min_val={min_val}, max_val={max_val}"
+        )
     zero = np.float32(0.0)
     min_neg = np.minimum(min_val, zero)  # (C,) the range always holds 0
     max_pos = np.maximum(max_val, zero)  # (C,)
