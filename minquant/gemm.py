@@ -11,14 +11,14 @@ NumPy's integer matmul does not use BLAS (it is a plain triple loop), so
 textbook BLAS micro-kernel (see ``docs/performance.md`` for measurements):
 
 * B is used transposed, ``bt`` (N, K), so that both operands are read along contiguous rows;
-* a 2 x 4 **register tile**: eight int32 accumulators live in registers while the k loop runs,
-  so each loaded value of A is used four times and each value of B twice;
+* a 4 x 2 **register tile**: eight int32 accumulators live in registers while the k loop runs,
+  so each loaded value of A is used twice and each value of B four times;
 * LLVM vectorises the k loop (8 lanes of int32 with AVX2: ``vpmovsxbd`` loads and widens int8,
   ``vpmulld`` multiplies, ``vpaddd`` accumulates); the casts to int32 in the loop body keep
   Numba from widening the arithmetic to int64, which would halve the vector width;
 * **cache blocking**: B^T is processed in panels of columns small enough to stay in the L2
-  cache while all row blocks of A stream past them;
-* ``prange`` spreads the row blocks of a panel over the cores.
+  cache while a block of ``MC`` rows of A streams past them;
+* ``prange`` spreads the blocks of rows of A over the cores (one parallel region per call).
 
 References:
 
@@ -37,7 +37,10 @@ from numba import njit, prange
 MAX_K = (2**31 - 1) // (128 * 128)
 
 #: Register tile: rows of A and columns of B computed together by the micro-kernel.
-MR, NR = 2, 4
+MR, NR = 4, 2
+
+#: Rows of A per parallel work item (Goto's m_c): 32 x K int8 stays in L2 next to the panel.
+MC = 32
 
 #: Bytes of B^T kept hot per panel (half of a 512 KiB L2, leaving room for A and C).
 PANEL_BYTES = 256 * 1024
@@ -79,32 +82,33 @@ def _matmul_int8_py(a: np.ndarray, bt: np.ndarray, c: np.ndarray, panel: int) ->
     """C = A @ BT.T for A (M, K), BT (N, K) int8 with M % MR == 0 and N % NR == 0 -> C (M, N)."""
     m, k_dim = a.shape
     n = bt.shape[0]
-    for j_panel in range(0, n, panel):  # a panel of B^T that stays in L2
-        j_end = min(j_panel + panel, n)
-        for i_block in prange(m // MR):  # row blocks of A, shared among the cores
-            i = i_block * MR
-            for j in range(j_panel, j_end, NR):
-                # NOTE: np.int32(...) around each sum keeps the arithmetic in int32 (Numba would
-                # widen int32 + int32 to int64); exact because K <= MAX_K.
-                c00 = c01 = c02 = c03 = np.int32(0)
-                c10 = c11 = c12 = c13 = np.int32(0)
-                for k in range(k_dim):
-                    a0 = np.int32(a[i, k])
-                    a1 = np.int32(a[i + 1, k])
-                    b0 = np.int32(bt[j, k])
-                    b1 = np.int32(bt[j + 1, k])
-                    b2 = np.int32(bt[j + 2, k])
-                    b3 = np.int32(bt[j + 3, k])
-                    c00 = np.int32(c00 + a0 * b0)
-                    c01 = np.int32(c01 + a0 * b1)
-                    c02 = np.int32(c02 + a0 * b2)
-                    c03 = np.int32(c03 + a0 * b3)
-                    c10 = np.int32(c10 + a1 * b0)
-                    c11 = np.int32(c11 + a1 * b1)
-                    c12 = np.int32(c12 + a1 * b2)
-                    c13 = np.int32(c13 + a1 * b3)
-                c[i, j], c[i, j + 1], c[i, j + 2], c[i, j + 3] = c00, c01, c02, c03
-                c[i + 1, j], c[i + 1, j + 1], c[i + 1, j + 2], c[i + 1, j + 3] = c10, c11, c12, c13
+    for i_block in prange((m + MC - 1) // MC):  # blocks of MC rows of A, shared among cores
+        i_start = i_block * MC
+        i_end = min(i_start + MC, m)
+        for j_panel in range(0, n, panel):  # a panel of B^T that stays in L2 ...
+            j_end = min(j_panel + panel, n)
+            for i in range(i_start, i_end, MR):  # ... while the MC rows of A pass by it
+                for j in range(j_panel, j_end, NR):
+                    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = np.int32(0)
+                    for k in range(k_dim):
+                        a0 = np.int32(a[i, k])
+                        a1 = np.int32(a[i + 1, k])
+                        a2 = np.int32(a[i + 2, k])
+                        a3 = np.int32(a[i + 3, k])
+                        b0 = np.int32(bt[j, k])
+                        b1 = np.int32(bt[j + 1, k])
+                        c00 = np.int32(c00 + a0 * b0)
+                        c01 = np.int32(c01 + a0 * b1)
+                        c10 = np.int32(c10 + a1 * b0)
+                        c11 = np.int32(c11 + a1 * b1)
+                        c20 = np.int32(c20 + a2 * b0)
+                        c21 = np.int32(c21 + a2 * b1)
+                        c30 = np.int32(c30 + a3 * b0)
+                        c31 = np.int32(c31 + a3 * b1)
+                    c[i, j], c[i, j + 1] = c00, c01
+                    c[i + 1, j], c[i + 1, j + 1] = c10, c11
+                    c[i + 2, j], c[i + 2, j + 1] = c20, c21
+                    c[i + 3, j], c[i + 3, j + 1] = c30, c31
 
 
 # NOTE: boundscheck stays off (Numba's default); the wrapper guarantees the tile fits.
