@@ -26,6 +26,14 @@ import numpy as np
 
 from minquant import kernels
 
+#: small_cnn's layers on a batch of 100 MNIST images: input shape and GEMM shape (M, K, N).
+#: A 3x3 convolution with padding 1 is im2col (M = N*H*W rows of K = C*9) and a GEMM.
+LAYERS = {
+    "conv1 3x3, 1->16": ((100, 1, 28, 28), (100 * 28 * 28, 9, 16)),
+    "conv2 3x3, 16->32": ((100, 16, 14, 14), (100 * 14 * 14, 144, 32)),
+    "linear 1568->10": ((100, 1568), (100, 1568, 10)),
+}
+
 #: NumPy's int32 matmul is ~1000x slower than BLAS: fewer repeats, and only up to this size.
 INT32_MAX_SIZE = 1024
 
@@ -120,6 +128,48 @@ def bench_size(n: int, repeats: int, rng: np.random.Generator) -> dict[str, floa
     return {name: ops / statistics.median(t) / 1e9 for name, t in times.items()}
 
 
+def _median_ms(f, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def bench_layers(repeats: int, rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    """Median milliseconds of each step of a quantized layer, next to the float32 GEMM."""
+    out = {}
+    for name, (x_shape, (m, k, n)) in LAYERS.items():
+        a_q = rng.integers(-128, 128, (m, k)).astype(np.int8)
+        w_q = rng.integers(-127, 128, (n, k)).astype(np.int8)  # (N, K), PyTorch layout
+        a32, w32 = a_q.astype(np.float32), w_q.astype(np.float32)
+        acc = kernels.matmul_int8(a_q, w_q.T)  # (M, N)
+        bias_q = rng.integers(-1000, 1000, n).astype(np.int32)
+        multiplier, shift = np.full(n, 1 << 30), np.full(n, -10)
+        acc_scale = np.full(n, 1e-4, dtype=np.float32)
+        steps = {
+            "matmul_int8": lambda a_q=a_q, w_q=w_q: kernels.matmul_int8(a_q, w_q.T),
+            "f32 BLAS": lambda a32=a32, w32=w32: a32 @ w32.T,
+            "requantize_fixedpoint": lambda acc=acc, b=bias_q, m_=multiplier, s_=shift: (
+                kernels.requantize_fixedpoint(acc, b, m_, s_, 0, -128, 127)
+            ),
+            "requantize_float": lambda acc=acc, s_=acc_scale: kernels.requantize_float(
+                acc, None, s_, 0.05, 0, -128, 127
+            ),
+        }
+        if len(x_shape) == 4:
+            x_q = rng.integers(-128, 128, x_shape).astype(np.int8)  # (N, C, H, W)
+            steps["im2col_int8"] = lambda x_q=x_q: kernels.im2col_int8(x_q, 3, 1, 1, 0)
+        for f in steps.values():
+            f()  # compile or load from the cache
+        out[name] = {step: _median_ms(f, repeats) for step, f in steps.items()}
+        # Bytes each GEMM must at least move: int8 in + int32 out, versus float32 in and out.
+        out[name]["MB int8 GEMM"] = (m * k + k * n + 4 * m * n) / 1e6
+        out[name]["MB f32 GEMM"] = 4 * (m * k + k * n + m * n) / 1e6
+    return out
+
+
 def ratios(gops: dict[str, float]) -> dict[str, float]:
     ours = gops["matmul_int8"]
     out = {"int8 / f32 BLAS": ours / gops["f32 BLAS"]}
@@ -157,6 +207,21 @@ def markdown(env: dict[str, object], results: dict[int, dict[str, float]]) -> st
     return "\n".join(lines)
 
 
+def markdown_layers(layers: dict[str, dict[str, float]]) -> str:
+    steps = ["im2col_int8", "matmul_int8", "requantize_fixedpoint", "requantize_float"]
+    steps += ["f32 BLAS", "MB int8 GEMM", "MB f32 GEMM"]
+    lines = [
+        "| layer (batch 100) | " + " | ".join(steps) + " |",
+        "|---" + "|---:" * len(steps) + "|",
+    ]
+    for name, row in layers.items():
+        cells = [f"{row[s]:.2f}" if s in row else "-" for s in steps]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Milliseconds (median); the last two columns are the megabytes each GEMM moves.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
@@ -166,16 +231,20 @@ def main() -> None:
     rng = np.random.default_rng(0)
     env = environment()
     results = {n: bench_size(n, args.repeats, rng) for n in args.sizes}
+    layers = bench_layers(args.repeats, rng)
     env["load_average_after"] = os.getloadavg()[0]
     if args.json:
         report = {
             "environment": env,
             "gops": {str(n): r for n, r in results.items()},
             "ratios": {str(n): ratios(r) for n, r in results.items()},
+            "layers_ms": layers,
         }
         print(json.dumps(report, indent=2))
     else:
         print(markdown(env, results))
+        print()
+        print(markdown_layers(layers))
 
 
 if __name__ == "__main__":

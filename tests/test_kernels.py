@@ -212,6 +212,7 @@ def test_requantize_float_ties_round_half_even():
 
 
 @pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation.*:UserWarning")
 def test_requantize_float_is_bit_exact_with_torch_quantized_linear():
     torch = pytest.importorskip("torch")
     torch.backends.quantized.engine = "x86"
