@@ -17,6 +17,7 @@ marker ``exN``, so ``pytest exercises -m ex3`` checks one exercise.
 """
 
 import importlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -64,11 +65,10 @@ def forbid(monkeypatch: pytest.MonkeyPatch, ex: ModuleType) -> Callable[..., Non
     """Make library functions raise while the learner's code runs.
 
     ``forbid(minquant.quant.quantize, ...)`` replaces each function on the module that
-    defines it, on the top-level ``minquant`` package and on the exercise module (where
-    ``from minquant.quant import quantize`` would have bound it), so an answer that only
-    calls the library cannot pass.
+    defines it, on every loaded ``minquant`` module that re-exports it and on the exercise
+    module (where ``from minquant.quant import quantize`` would have bound it), so an answer
+    that only calls the library cannot pass.
     """
-    import minquant
 
     def _forbid(*functions: Callable) -> None:
         for function in functions:
@@ -84,7 +84,8 @@ def forbid(monkeypatch: pytest.MonkeyPatch, ex: ModuleType) -> Callable[..., Non
             for part in path[:-1]:
                 owner = getattr(owner, part)
             monkeypatch.setattr(owner, path[-1], shortcut)
-            for namespace in (minquant, ex):
+            namespaces = [m for n, m in sys.modules.items() if n.split(".")[0] == "minquant"]
+            for namespace in [*namespaces, ex]:
                 for attr, value in list(vars(namespace).items()):
                     if value is function:
                         monkeypatch.setattr(namespace, attr, shortcut)

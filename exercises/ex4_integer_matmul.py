@@ -1,0 +1,95 @@
+r"""Exercise 4: integer matrix multiplication with the zero-point correction terms.
+
+Follows notebook 04 (integer arithmetic). With $a = s_a (a_q - z_a)$ and
+$b = s_b (b_q - z_b)$, a real matrix product becomes one integer product plus corrections
+that depend on one operand only (Jacob et al. 2018, eq. 7):
+
+$$\sum_k (a_{ik} - z_a)(b_{kj} - z_b) = \sum_k a_{ik} b_{kj} - z_b \sum_k a_{ik}
+- z_a \sum_k b_{kj} + K z_a z_b.$$
+
+The first sum is an int8 x int8 GEMM accumulated in int32; the column sums of the weights
+are computed once, when the model is built. Write every function with NumPy only, without
+calling ``minquant.kernels``, ``minquant.gemm`` or ``minquant.qnn``. Check your work with
+``pytest exercises -m ex4``.
+
+References: B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", CVPR 2018 (arXiv:1712.05877), sections 2.3-2.4.
+"""
+
+import numpy as np
+
+#: The largest K for which int32 accumulation of int8 products cannot overflow.
+MAX_K = 2**31 // (128 * 128)
+
+
+def matmul_int32(a_q: np.ndarray, b_q: np.ndarray) -> np.ndarray:
+    r"""Exercise 4.1: $C = A B$ for int8 ``a_q`` (M, K) and ``b_q`` (K, N), exact, in int32.
+
+    $$C_{ij} = \sum_{k=1}^{K} a_{ik}\, b_{kj}, \qquad |C_{ij}| \le K \cdot 128^2 < 2^{31}
+    \iff K \le 131072 = $$ ``MAX_K``.
+
+    Convert both operands to int32 *before* multiplying: in int8, $100 \cdot 100$ wraps
+    around. Raise ``TypeError`` unless both are int8 ndarrays, ``ValueError`` unless both are
+    2-D with matching inner dimensions, and ``ValueError`` when $K >$ ``MAX_K`` (the
+    accumulator could overflow). Return int32 (M, N).
+
+    Worked example: ``[[1, -2], [127, -128]] @ [[3, -128], [4, -128]]`` is
+    ``[[1*3 - 2*4, 1*(-128) - 2*(-128)], [127*3 - 128*4, 127*(-128) + 128*128]]``
+    $=$ ``[[-5, 128], [-131, 128]]``.
+    """
+    raise NotImplementedError("Exercise 4.1: matmul_int32")
+
+
+def zero_point_matmul(
+    a_q: np.ndarray, a_zero_point: int, b_q: np.ndarray, b_zero_point: int
+) -> np.ndarray:
+    r"""Exercise 4.2: $\sum_k (a_{ik} - z_a)(b_{kj} - z_b)$ from one int8 GEMM and corrections.
+
+    $$\underbrace{A B}_{\texttt{matmul\_int32}} \;-\; z_b\, \underbrace{A \mathbf{1}}_{(M, 1)}
+    \;-\; z_a\, \underbrace{\mathbf{1}^\top B}_{(1, N)} \;+\; K z_a z_b$$
+
+    Use :func:`matmul_int32` for $AB$ (do not subtract the zero points from the operands:
+    $a - z_a$ no longer fits in int8, and the point is that the GEMM stays int8). The
+    corrections and the sum can exceed int32: compute them in int64 and return int64 (M, N).
+
+    Worked example: ``a_q = [[1, 2]]``, $z_a = 1$, ``b_q = [[3], [5]]``, $z_b = 2$:
+    $AB = 13$, $z_b \sum a = 6$, $z_a \sum b = 8$, $K z_a z_b = 4$, so $13 - 6 - 8 + 4 = 3$
+    $= (1 - 1)(3 - 2) + (2 - 1)(5 - 2)$.
+    """
+    raise NotImplementedError("Exercise 4.2: zero_point_matmul")
+
+
+def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> np.ndarray:
+    r"""Exercise 4.3: the int32 bias of a quantized layer, at the scale of its accumulator.
+
+    $$b_{q,c} = \mathrm{round}\Big(\frac{b_c}{s_{in}\, s_{w,c}}\Big)$$
+
+    so that it can be added to the int32 accumulator $\sum_k x_q w_q$, whose scale is
+    $s_{in} s_{w,c}$. Compute $s_{in} s_{w,c}$ and the quotient in float64 and round half to
+    even (``np.rint``). ``weight_scale`` is (C,) (one scale per output channel) or a
+    scalar. Raise ``ValueError`` if a value does not fit in int32. Return int32 (C,).
+
+    Worked example: $b = [0.5, -0.25, 0.03]$, $s_{in} = 0.1$, $s_w = [0.01, 0.01, 0.02]$:
+    $b / (s_{in} s_w) = [500, -250, 15]$.
+    """
+    raise NotImplementedError("Exercise 4.3: quantize_bias")
+
+
+def linear_accumulator(
+    x_q: np.ndarray, x_zero_point: int, w_q: np.ndarray, bias_q: np.ndarray
+) -> np.ndarray:
+    r"""Exercise 4.4: the int32 accumulator of a quantized Linear layer before requantization.
+
+    $$\mathrm{acc}_{nc} = \sum_k (x_{q,nk} - z_x)\, w_{q,ck} + b_{q,c}
+    = \underbrace{(X_q W_q^\top)_{nc}}_{\text{int8 GEMM}}
+    - \underbrace{z_x \textstyle\sum_k w_{q,ck} - b_{q,c}}_{\text{precomputed, } (C,)}$$
+
+    ``x_q`` int8 (N, K) with zero point $z_x$; ``w_q`` int8 (C, K), symmetric (its zero point
+    is 0, as TFLite weights); ``bias_q`` int32 (C,). Use :func:`matmul_int32` for the GEMM
+    (with ``w_q.T``). Return int32 (N, C); the real output is
+    $\mathrm{acc}_{nc}\, s_x s_{w,c}$.
+
+    Worked example: ``x_q = [[3, 5]]``, $z_x = 1$, ``w_q = [[1, 2]]``, ``bias_q = [10]``:
+    $13 - 1 \cdot 3 + 10 = 20 = (3 - 1) \cdot 1 + (5 - 1) \cdot 2 + 10$.
+    """
+    raise NotImplementedError("Exercise 4.4: linear_accumulator")
