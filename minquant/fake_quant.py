@@ -330,6 +330,13 @@ class FakeQuantize(Module):
         if not self.fake_quant_enabled:
             self._cache = ("identity", None)
             return x
+        if self.axis is not None and self.num_observed == 0:
+            # NOTE: per tensor, the placeholders (scale 1, zero point 0) work as in PyTorch;
+            # per channel there is not even a number of channels yet.
+            raise ValueError(
+                f"{self._name()}: never observed any data, so it has no per-channel qparams; "
+                "run a forward pass in training mode with the observer enabled first"
+            )
         x_hat, mask = fake_quantize_with_mask(
             x, self.scale, self.zero_point, self.qmin, self.qmax, axis=self.axis
         )

@@ -324,13 +324,16 @@ def _float_layer(layer: QATLinear | QATConvBn2d) -> nn.Module:
     return float_layer.eval()
 
 
-def convert(qat_model: nn.Sequential, requant: str = "fixedpoint") -> ptq.QuantizedModel:
+def convert(qat_model: nn.Sequential, requant: str = "float") -> ptq.QuantizedModel:
     r"""The integer-only :class:`~minquant.ptq.QuantizedModel` of a trained QAT model.
 
     Weights are quantized with the scales of their fake quantizers (the codes the QAT model
     trained with: $w_q = \mathrm{clip}(\mathrm{round}(w f / s_w))$ of the folded weight),
     activations with the learned ranges, shifted from unsigned to int8 codes exactly as in
-    :func:`minquant.ptq.quantize_model`. ``requant`` is ``"fixedpoint"`` or ``"float"``.
+    :func:`minquant.ptq.quantize_model`. ``requant`` is ``"float"`` (the default: PyTorch's
+    float32 requantization, whose rounding is the fake quantizer's, so the integer model
+    reproduces the trained QAT model code for code) or ``"fixedpoint"`` (TFLite: rounding
+    half away from zero in fixed point, which moves a few 4-bit codes by one step).
     A model whose quantizers never observed data (never trained nor calibrated) is an error.
 
     >>> from minquant.models import small_cnn

@@ -228,7 +228,8 @@ def test_convert_a_never_trained_model_is_an_error() -> None:
     qat_model = prepare_qat(small_cnn(rng=np.random.default_rng(0)), 4, 4)
     with pytest.raises(ValueError, match="never observed"):
         convert(qat_model)
-    qat_model.eval()(np.zeros((2, 1, 28, 28), np.float32))  # eval mode does not calibrate
+    with pytest.raises(ValueError, match="never observed"):  # eval mode does not calibrate
+        qat_model.eval()(np.zeros((2, 1, 28, 28), np.float32))
     with pytest.raises(ValueError, match="never observed"):
         convert(qat_model)
 
