@@ -400,7 +400,8 @@ def fake_quantize(
     # NOTE: clip(z + r, qmin, qmax) - z == clip(r, qmin - z, qmax - z); clipping the float
     # first means a huge x * inv_scale never overflows an integer conversion.
     x_q_centered = np.clip(_round(x * inv_scale, rounding), qmin - zero_point, qmax - zero_point)
-    return x_q_centered.astype(np.float32) * scale
+    # NOTE: via int64, so that rint(-0.3) = -0.0 gives +0.0 as in PyTorch (no negative zero).
+    return x_q_centered.astype(np.int64).astype(np.float32) * scale
 
 
 def pack_int4(x_q: np.ndarray, signed: bool = True) -> np.ndarray:
