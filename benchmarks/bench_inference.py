@@ -19,6 +19,7 @@ Usage: ``python benchmarks/bench_inference.py [--repeat 7] [--json]``
 import argparse
 import json
 import time
+import warnings
 
 import numpy as np
 
@@ -36,6 +37,9 @@ def torch_quantized(qmodel: QuantizedModel):
     """
     import torch
     from torch.ao.nn import intrinsic, quantized
+
+    # NOTE: torch.ao quantized tensors are deprecated upstream (a UserWarning per module).
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation", category=UserWarning)
 
     torch.backends.quantized.engine = "x86"
     qp = qmodel.quantize.qparams
@@ -69,6 +73,7 @@ def torch_quantized(qmodel: QuantizedModel):
         else:
             raise TypeError(f"no torch twin for {m!r}")
         layers.append(layer)
+    layers.append(quantized.DeQuantize())
     return torch.nn.Sequential(*layers).eval()
 
 
@@ -117,12 +122,12 @@ def main() -> None:
         torch_model = torch_quantized(q_float)
         X_t = torch.from_numpy(X)
 
-        def run_torch(_):
+        def run_torch(_: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return torch_model(X_t)
+                return torch_model(X_t).numpy()
 
         runners["torch x86 int8"] = run_torch
-        torch_logits = run_torch(X).numpy()
+        torch_logits = run_torch(X)
         checks["torch_bit_exact"] = bool(np.array_equal(torch_logits, q_float(X)))
 
     accuracy = {name: float(np.mean(fn(X).argmax(1) == y)) for name, fn in runners.items()}

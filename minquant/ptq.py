@@ -286,7 +286,9 @@ def _activation_observer(observer: str, act_bits: int, reduce_range: bool) -> ob
 def _activation_qparams(obs: object, act_bits: int, reduce_range: bool) -> QParams:
     scale, zero_point = obs.calculate_qparams()
     offset = 2 ** (act_bits - 1)
-    qmin, qmax = qrange(act_bits, signed=False, reduce_range=reduce_range)
+    # NOTE: reduce_range only shapes the observer's scale and zero point (7 bits cover the
+    # calibrated range); like PyTorch's x86 modules, outputs still clamp to the full range.
+    qmin, qmax = qrange(act_bits, signed=False)
     return QParams(
         scale=float(scale[0]),
         zero_point=int(zero_point[0]) - offset,

@@ -175,8 +175,9 @@ class _QuantizedGemm(QuantizedModule):
         self.w_scale = w_scale.copy()  # (N,) for export and reports; forward does not read it
         self.relu, self.requant = bool(relu), requant
         self.in_features, self.out_features = k, n_out
-        # NOTE: the GEMM reads B as (K, N) row-major, so the weights are transposed once here.
-        self.w_packed = np.ascontiguousarray(w2d.T)  # (K, N)
+        # NOTE: matmul_int8(A, B) reads B through B^T (N, K) with contiguous rows: a (K, N)
+        # view of the row-major (N, K) weights is exactly that layout, so no call copies it.
+        self.w_packed = np.ascontiguousarray(w2d).T  # (K, N) view of (N, K) rows
         # NOTE: ReLU is the clamp at the code of 0.0; the observer saw only y >= 0, so this
         # is usually qmin already, but the clamp makes the fusion exact in every case.
         self.clamp_min = max(y_qp.qmin, y_qp.zero_point) if relu else y_qp.qmin
@@ -198,7 +199,7 @@ class _QuantizedGemm(QuantizedModule):
             real_multiplier = acc_scale / np.float64(y_qp.scale)  # (N,) M = s_x s_w / s_y
             multiplier, shift = fixedpoint.quantize_multiplier(real_multiplier)
             self.multiplier = multiplier.astype(np.int32)  # (N,) M0 in [2^30, 2^31)
-            self.shift = shift.astype(np.int32)  # (N,)
+            self.shift = shift.astype(np.int8)  # (N,) in [-31, 30]: one byte is enough
         else:
             # NOTE: float32 product, as fbgemm's act_times_w_scale; the zero-point term is
             # subtracted in int32 and the float bias is added after conversion to float.

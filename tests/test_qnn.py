@@ -123,8 +123,8 @@ def test_nbytes_counts_stored_arrays():
     rng = np.random.default_rng(5)
     w_q, w_scale, bias, x_qp, y_qp = _random_layer_data(rng, 10, 100)
     layer = QuantizedLinear(w_q, w_scale, bias, x_qp, y_qp)
-    # int8 weights + int32 folded bias + int32 multiplier + int32 shift per channel
-    assert layer.nbytes == 10 * 100 + 10 * (4 + 4 + 4)
+    # int8 weights + int32 folded bias + int32 multiplier + int8 shift per channel
+    assert layer.nbytes == 10 * 100 + 10 * (4 + 4 + 1)
     assert "QuantizedLinear(100, 10" in repr(layer)
 
 
