@@ -11,8 +11,9 @@ NumPy's integer matmul does not use BLAS (it is a plain triple loop), so
 textbook BLAS micro-kernel (see ``docs/performance.md`` for measurements):
 
 * B is used transposed, ``bt`` (N, K), so that both operands are read along contiguous rows;
-* a 4 x 2 **register tile**: eight int32 accumulators live in registers while the k loop runs,
-  so each loaded value of A is used twice and each value of B four times;
+* a 4 x 2 **register tile**: eight int32 accumulators (eight vector registers once vectorised)
+  live in registers while the k loop runs, so each loaded value of A is used twice and each
+  value of B four times;
 * LLVM vectorises the k loop (8 lanes of int32 with AVX2: ``vpmovsxbd`` loads and widens int8,
   ``vpmulld`` multiplies, ``vpaddd`` accumulates); the casts to int32 in the loop body keep
   Numba from widening the arithmetic to int64, which would halve the vector width;
