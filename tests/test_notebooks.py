@@ -122,6 +122,17 @@ def test_no_library_code_in_notebooks(notebook):
             )
 
 
+def test_no_trailing_semicolons(notebook):
+    """nbval ignores a trailing ``;``: the silenced repr (``<matplotlib.legend.Legend at
+    0x7f...>``) reappears in the fresh run and the cell fails. End with ``plt.show()``."""
+    path, nb = notebook
+    for i, cell in enumerate(_code_cells(nb)):
+        lines = [line for line in _source(cell).splitlines() if line.strip()]
+        assert not (lines and lines[-1].rstrip().endswith(";")), (
+            f"{path.name}, code cell {i} ends with ';': end it with plt.show() or an assignment"
+        )
+
+
 def test_structure_checks_catch_bad_notebooks():
     """The checks above must be able to fail: run them on doctored copies."""
     path = NOTEBOOKS[0]
@@ -145,3 +156,6 @@ def test_structure_checks_catch_bad_notebooks():
     _code_cells(with_def)[-1]["source"] = "def helper(x):\n    return x\n"
     with pytest.raises(AssertionError, match="defines 'helper'"):
         test_no_library_code_in_notebooks((path, with_def))
+    _code_cells(with_def)[-1]["source"] = "ax.legend();"
+    with pytest.raises(AssertionError, match="ends with ';'"):
+        test_no_trailing_semicolons((path, with_def))
