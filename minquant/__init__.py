@@ -19,9 +19,11 @@ from minquant.quant import (
     dequantize,
     fake_quantize,
     mse,
+    pack_int4,
     qrange,
     quantize,
     sqnr,
+    unpack_int4,
 )
 
 __version__ = "0.1.0"
@@ -29,12 +31,17 @@ __version__ = "0.1.0"
 # NOTE: submodules are loaded lazily (PEP 562) so that `import minquant` does not pay for
 # Numba, matplotlib or torch until a learner actually uses them.
 _SUBMODULES = (
+    "calibration",
     "data",
+    "fake_quant",
     "fixedpoint",
+    "formats",
+    "gemm",
     "kernels",
     "models",
     "nn",
     "observers",
+    "photo",
     "ptq",
     "qat",
     "qnn",
@@ -61,7 +68,9 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "mse",
+    "pack_int4",
     "qrange",
     "quantize",
     "sqnr",
+    "unpack_int4",
 ]
