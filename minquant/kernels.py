@@ -80,7 +80,13 @@ def _conv_geometry(x_q, kernel_size, stride, padding):
     return (kh, kw), (sh, sw), (ph, pw), (h_out, w_out)
 
 
-def im2col_int8_ref(x_q, kernel_size, stride=1, padding=0, pad_value=0) -> np.ndarray:
+def im2col_int8_ref(
+    x_q: np.ndarray,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    pad_value: int = 0,
+) -> np.ndarray:
     """NumPy reference of :func:`im2col_int8`: pad, take sliding windows, reshape."""
     (kh, kw), (sh, sw), (ph, pw), _ = _conv_geometry(x_q, kernel_size, stride, padding)
     padded = np.pad(x_q, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
@@ -178,7 +184,15 @@ def _check_clamp(zero_point_out: int, qmin: int, qmax: int) -> None:
         )
 
 
-def requantize_fixedpoint_ref(acc, bias_q, multiplier, shift, zero_point_out, qmin, qmax):
+def requantize_fixedpoint_ref(
+    acc: np.ndarray,
+    bias_q: np.ndarray | None,
+    multiplier: np.ndarray | int,
+    shift: np.ndarray | int,
+    zero_point_out: int,
+    qmin: int,
+    qmax: int,
+) -> np.ndarray:
     """NumPy reference of :func:`requantize_fixedpoint`, built on :mod:`minquant.fixedpoint`."""
     bias_q = _check_requant(acc, bias_q, "bias_q", np.int64)
     y = multiply_by_quantized_multiplier(acc.astype(np.int64) + bias_q, multiplier, shift)
@@ -257,8 +271,12 @@ def _float_requant_params(acc, bias, acc_scale, out_scale):
     bias = _check_requant(acc, bias, "bias", np.float32)
     acc_scale = _per_channel(acc_scale, n, "acc_scale", np.float32)
     out_scale = np.float32(out_scale)
-    if not (np.all(acc_scale > 0) and out_scale > 0 and np.isfinite(out_scale)):
+    if not (np.all(np.isfinite(acc_scale)) and np.isfinite(out_scale)):
+        raise ValueError(f"acc_scale and out_scale must be finite, got {acc_scale}, {out_scale}")
+    if not (np.all(acc_scale > 0) and out_scale > 0):
         raise ValueError(f"acc_scale and out_scale must be > 0, got {acc_scale}, {out_scale}")
+    if not np.all(np.isfinite(bias)):
+        raise ValueError(f"bias must be finite, got {bias}")
     # NOTE: both divisions are float32 / float32, rounded once, as in torch's qlinear
     # (act_times_w_scale / output_scale) and fbgemm's ReQuantizeOutput (bias / act_times_w_scale).
     bias_over_scale = bias / acc_scale  # (N,) float32
@@ -266,7 +284,15 @@ def _float_requant_params(acc, bias, acc_scale, out_scale):
     return bias_over_scale, multiplier
 
 
-def requantize_float_ref(acc, bias, acc_scale, out_scale, zero_point_out, qmin, qmax):
+def requantize_float_ref(
+    acc: np.ndarray,
+    bias: np.ndarray | None,
+    acc_scale: np.ndarray | float,
+    out_scale: float,
+    zero_point_out: int,
+    qmin: int,
+    qmax: int,
+) -> np.ndarray:
     """NumPy reference of :func:`requantize_float` (float32 throughout)."""
     bias_over_scale, multiplier = _float_requant_params(acc, bias, acc_scale, out_scale)
     _check_clamp(zero_point_out, qmin, qmax)
@@ -325,7 +351,11 @@ def requantize_float(
 # ---- max pooling -------------------------------------------------------------------------
 
 
-def maxpool2d_int8_ref(x_q, kernel_size, stride=None) -> np.ndarray:
+def maxpool2d_int8_ref(
+    x_q: np.ndarray,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+) -> np.ndarray:
     """NumPy reference of :func:`maxpool2d_int8` via sliding windows."""
     (kh, kw), (sh, sw), _, _ = _conv_geometry(x_q, kernel_size, stride or kernel_size, 0)
     windows = np.lib.stride_tricks.sliding_window_view(x_q, (kh, kw), axis=(2, 3))

@@ -261,6 +261,10 @@ def test_requantize_rejects_bad_input():
         kernels.requantize_float(acc, None, 0.1, 0.1, 5, 6, 127)
     with pytest.raises(ValueError, match="out_scale"):
         kernels.requantize_float(acc, None, 0.1, 0.0, 0, -128, 127)
+    with pytest.raises(ValueError, match="finite"):
+        kernels.requantize_float(acc, None, 0.1, float("inf"), 0, -128, 127)
+    with pytest.raises(ValueError, match="bias must be finite"):
+        kernels.requantize_float(acc, np.array([0.0, np.nan, 1.0]), 0.1, 0.1, 0, -128, 127)
 
 
 # ---- max pooling -------------------------------------------------------------------------
