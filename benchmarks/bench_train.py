@@ -2,7 +2,8 @@
 
 Both train the same model (same initial weights, same batches, Adam) on the 4,000-image
 training split. Epochs alternate between the two engines so that both see the same machine
-load; the script prints every epoch time, the median per engine and their ratio.
+load; the script prints every epoch's wall time (and, as a check on a busy machine, the CPU
+time of this process), the median per engine and their ratio.
 
 Usage: ``python benchmarks/bench_train.py [--epochs 3] [--threads 2] [--blas-threads N]``.
 ``--threads`` goes to ``torch.set_num_threads``; ``--blas-threads`` sets
@@ -59,8 +60,8 @@ def torch_twin(model: nn.Sequential) -> "torch.nn.Sequential":
     return twin
 
 
-def epoch_minquant(model, opt, X, y, order, batch_size) -> float:
-    start = time.perf_counter()
+def epoch_minquant(model, opt, X, y, order, batch_size) -> tuple[float, float]:
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.train()
     for i in range(0, len(X), batch_size):
         idx = order[i : i + batch_size]
@@ -68,11 +69,11 @@ def epoch_minquant(model, opt, X, y, order, batch_size) -> float:
         opt.zero_grad()
         model.backward(dlogits)
         opt.step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def epoch_torch(model, opt, X, y, order, batch_size) -> float:
-    start = time.perf_counter()
+def epoch_torch(model, opt, X, y, order, batch_size) -> tuple[float, float]:
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.train()
     for i in range(0, len(X), batch_size):
         idx = order[i : i + batch_size]
@@ -80,7 +81,7 @@ def epoch_torch(model, opt, X, y, order, batch_size) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def main() -> None:
@@ -96,10 +97,14 @@ def main() -> None:
     # one untimed warm-up epoch each (first-touch memory, torch's lazy initialisation)
     for epoch in range(args.epochs + 1):
         order = rng.permutation(len(X))
-        t_mq = epoch_minquant(model, opt, X, y, order, args.batch_size)
-        t_torch = epoch_torch(twin, opt_t, X_t, y_t, torch.from_numpy(order), args.batch_size)
+        t_mq, cpu_mq = epoch_minquant(model, opt, X, y, order, args.batch_size)
+        order_t = torch.from_numpy(order)
+        t_torch, cpu_torch = epoch_torch(twin, opt_t, X_t, y_t, order_t, args.batch_size)
         tag = "warm-up" if epoch == 0 else f"epoch {epoch}"
-        print(f"{tag:>8}: minquant {t_mq:6.2f} s   torch {t_torch:6.2f} s")
+        print(
+            f"{tag:>8}: minquant {t_mq:6.2f} s (cpu {cpu_mq:6.2f} s)   "
+            f"torch {t_torch:6.2f} s (cpu {cpu_torch:6.2f} s)"
+        )
         if epoch > 0:
             times["minquant"].append(t_mq)
             times["torch"].append(t_torch)
