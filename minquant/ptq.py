@@ -86,13 +86,14 @@ class QuantizedModel:
         input_qparams: QParams,
         float_model: nn.Sequential,
         config: dict,
-        batch_size: int = 250,
+        batch_size: int = 1000,
     ) -> None:
         self.steps = steps
         self.quantize = Quantize(input_qparams)
         self.dequantize = Dequantize(steps[-1].qparams)
         self.float_model = float_model  # BatchNorm folded, eval mode
         self.config = config
+        # NOTE: each kernel call is one parallel region; large batches amortise its start-up.
         self.batch_size = batch_size
 
     @property
