@@ -59,9 +59,11 @@ def test_sgd_without_momentum_is_plain_gradient_descent():
 def test_adam_first_step_moves_each_weight_by_lr():
     # after bias correction the first update is lr * g / (|g| + eps): the sign of g, times lr
     p = nn.Parameter(np.array([1.0, 1.0, 1.0]), dtype=np.float64)
-    p.grad[:] = [1e-3, -5.0, 1e3]
-    nn.Adam([p], lr=0.1).step()
-    np.testing.assert_allclose(p.data, [0.9, 1.1, 0.9], rtol=1e-6)
+    g = np.array([1e-3, -5.0, 1e3])
+    p.grad[:] = g
+    nn.Adam([p], lr=0.1, eps=1e-8).step()
+    np.testing.assert_allclose(p.data, 1 - 0.1 * g / (np.abs(g) + 1e-8), rtol=1e-12)
+    np.testing.assert_allclose(p.data, [0.9, 1.1, 0.9], rtol=2e-6)
 
 
 def test_zero_grad_resets_gradients():
