@@ -104,3 +104,62 @@ def plot_bit_layouts(
     ax.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles), frameon=False)
     fig.tight_layout()
     return fig
+
+
+#: Colours of :func:`plot_histogram_ranges`: values kept, values clipped, the range itself.
+RANGE_COLORS = {"kept": "#8d99ae", "clipped": "#e63946", "range": "#1d3557"}
+
+
+def plot_histogram_ranges(
+    x: np.ndarray,
+    ranges: dict[str, tuple[float, float]],
+    ncols: int = 3,
+    bins: int = 100,
+    log: bool = True,
+):
+    r"""One histogram of ``x`` per candidate range $[\alpha, \beta]$, the range drawn on it.
+
+    Each entry of ``ranges`` (title -> ``(lo, hi)``) gets a panel with the same bins and
+    axes: the range is shaded and bounded by vertical lines, and the bars whose centre lies
+    outside it (the values that quantization will *clip*) are drawn in red. ``log`` uses a
+    logarithmic count axis, which shows the rare tail values that set a min/max range.
+
+    >>> x = np.linspace(0.0, 10.0, 1001)
+    >>> fig = plot_histogram_ranges(x, {"min/max": (0.0, 10.0), "clipped": (0.0, 5.0)}, bins=10)
+    >>> [ax.get_title() for ax in fig.axes]
+    ['min/max', 'clipped']
+    >>> [sum(p.get_facecolor()[0] > 0.8 for p in ax.patches[1:]) for ax in fig.axes]  # red bars
+    [0, 5]
+    >>> import matplotlib.pyplot as plt; plt.close(fig)
+    """
+    import matplotlib.pyplot as plt
+
+    x = np.asarray(x, dtype=np.float64).ravel()  # (N,)
+    if x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError(f"x must be non-empty and finite, got {x.size} values")
+    if not ranges:
+        raise ValueError("ranges must hold at least one (lo, hi) pair, got none")
+    for title, (lo, hi) in ranges.items():
+        if not lo <= hi:
+            raise ValueError(f"range {title!r} must have lo <= hi, got ({lo}, {hi})")
+    counts, edges = np.histogram(x, bins=bins)  # (bins,), (bins + 1,)
+    centres = (edges[:-1] + edges[1:]) / 2  # (bins,)
+    ncols = min(ncols, len(ranges))
+    nrows = -(-len(ranges) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.3 * ncols, 2.3 * nrows), squeeze=False, sharex=True, sharey=True
+    )
+    for ax in axes.ravel()[len(ranges) :]:
+        ax.axis("off")
+    for ax, (title, (lo, hi)) in zip(axes.ravel(), ranges.items(), strict=False):
+        # NOTE: the span is drawn first, so ax.patches[0] is the range and the bars follow.
+        ax.axvspan(lo, hi, color=RANGE_COLORS["range"], alpha=0.12, lw=0)
+        inside = (centres >= lo) & (centres <= hi)  # (bins,)
+        colors = np.where(inside, RANGE_COLORS["kept"], RANGE_COLORS["clipped"])
+        ax.bar(centres, counts, width=np.diff(edges), color=colors, log=log)
+        for edge in (lo, hi):
+            ax.axvline(edge, color=RANGE_COLORS["range"], lw=1.2)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    return fig
