@@ -23,7 +23,7 @@ import numpy as np
 
 from minquant.data import load_mnist, random_shift
 from minquant.models import SMALL_CNN_CHANNELS, small_cnn
-from minquant.train import evaluate, fit, save
+from minquant.train import cosine_schedule, evaluate, fit, save
 
 SEED = 0
 EPOCHS = 10
@@ -31,11 +31,6 @@ BATCH_SIZE = 32
 LR = 2e-3
 MAX_SHIFT = 2  # pixels of random translation (data augmentation)
 DEFAULT_OUT = pathlib.Path(__file__).parents[1] / "minquant" / "data" / "small_cnn.npz"
-
-
-def cosine_lr(epoch: int) -> float:
-    """Cosine decay from LR towards 0 over EPOCHS epochs."""
-    return LR * 0.5 * (1 + np.cos(np.pi * epoch / EPOCHS))
 
 
 def main() -> None:
@@ -58,7 +53,7 @@ def main() -> None:
         lr=LR,
         rng=rng,
         quiet=args.quiet,
-        lr_schedule=cosine_lr,
+        lr_schedule=cosine_schedule(LR, EPOCHS),
         augment=lambda X_batch, rng: random_shift(X_batch, MAX_SHIFT, rng),
     )
     seconds = time.perf_counter() - start

@@ -79,7 +79,7 @@ def run_demo(cfg: DemoConfig) -> tuple[list[Row], dict[str, list[float]], pathli
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         rng=rng,
-        lr_schedule=lambda epoch: cfg.lr * 0.5 * (1 + np.cos(np.pi * epoch / cfg.epochs)),
+        lr_schedule=train.cosine_schedule(cfg.lr, cfg.epochs),
         augment=lambda X_batch, rng: random_shift(X_batch, 2, rng),
     )
     float_row = Row(

@@ -7,6 +7,7 @@ $$\text{logits} = f(X_{batch}),\quad (L, \partial L/\partial\,\text{logits}) =
 \quad \theta \leftarrow \texttt{opt.step}().$$
 """
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -94,6 +95,27 @@ def fit(
     bar.close()
     model.eval()
     return history
+
+
+def cosine_schedule(lr: float, epochs: int) -> Callable[[int], float]:
+    r"""Cosine decay of the learning rate from ``lr`` towards 0 over ``epochs`` epochs.
+
+    $$\eta_e = \eta \cdot \tfrac{1}{2}\big(1 + \cos(\pi e / E)\big)$$
+
+    (Loshchilov & Hutter, "SGDR", ICLR 2017, without restarts.) Pass it to :func:`fit` as
+    ``lr_schedule``.
+
+    >>> schedule = cosine_schedule(0.1, epochs=4)
+    >>> [round(schedule(epoch), 4) for epoch in range(4)]
+    [0.1, 0.0854, 0.05, 0.0146]
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+
+    def schedule(epoch: int) -> float:
+        return lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+    return schedule
 
 
 def predict(model: nn.Module, X: np.ndarray, batch_size: int = 500) -> np.ndarray:
