@@ -18,8 +18,8 @@ import numpy as np
 
 @dataclass
 class DemoConfig:
-    epochs: int = 6  # float training epochs (the packaged weights used 10)
-    qat_epochs: int = 1  # QAT fine-tuning epochs at W4A4
+    epochs: int = 10  # float training epochs (as benchmarks/make_pretrained.py)
+    qat_epochs: int = 2  # QAT fine-tuning epochs at W4A4 (as benchmarks/qat_table.py)
     seed: int = 0  # seeds the initialisation, shuffling and augmentation
     quick: bool = False  # a 30-second tour on a subset, to check that everything runs
     out: pathlib.Path = pathlib.Path(".")  # where the plot is written
@@ -28,6 +28,7 @@ class DemoConfig:
     batch_size: int = 32  # training batch size
     lr: float = 2e-3  # Adam learning rate (cosine decay over the epochs)
     qat_lr: float = 1e-4  # Adam learning rate of the QAT fine-tuning
+    qat_batch_size: int = 64  # QAT batch size
 
 
 @dataclass
@@ -102,7 +103,7 @@ def run_demo(cfg: DemoConfig) -> tuple[list[Row], dict[str, list[float]], pathli
         X_train,
         y_train,
         epochs=cfg.qat_epochs,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.qat_batch_size,
         lr=cfg.qat_lr,
         rng=rng,
     )

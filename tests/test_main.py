@@ -44,7 +44,7 @@ def test_demo_rejects_zero_epochs(option):
 
 def test_parser_defaults():
     args = build_parser().parse_args(["demo"])
-    assert (args.epochs, args.qat_epochs, args.seed, args.quick) == (6, 1, 0, False)
+    assert (args.epochs, args.qat_epochs, args.seed, args.quick) == (10, 2, 0, False)
 
 
 def test_format_table():
