@@ -28,37 +28,57 @@ NUM_EXERCISES = 8
 pytestmark = pytest.mark.slow
 
 
-def run_exercise_tests(tmp_path: Path, *options: str) -> dict[str, ET.Element]:
-    """Run ``pytest exercises`` in a subprocess; return its JUnit test cases by test id."""
-    report = tmp_path / "report.xml"
+def start_exercise_tests(report: Path, *options: str) -> subprocess.Popen:
+    """Start ``pytest exercises`` in a subprocess that writes a JUnit report."""
     env = dict(os.environ)
-    # NOTE: one BLAS thread keeps the small training step of exercise 8 fast on a busy CI.
+    # NOTE: one BLAS thread each: the two runs go side by side, and the small training
+    # step of exercise 8 is faster single-threaded than with oversubscribed cores.
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     command = [sys.executable, "-m", "pytest", "exercises", "-q", f"--junitxml={report}"]
-    result = subprocess.run(
-        [*command, *options], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    return subprocess.Popen(
+        [*command, *options],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    assert report.exists(), f"pytest did not run:\n{result.stdout}\n{result.stderr}"
+
+
+def exercise_cases(process: subprocess.Popen, report: Path) -> dict[str, ET.Element]:
+    """Wait for a run; return the test cases of exercises/tests/ by test id."""
+    output, _ = process.communicate()
+    assert report.exists(), f"pytest did not run:\n{output}"
     cases = {}
     for case in ET.parse(report).getroot().iter("testcase"):
-        cases[f"{case.get('classname')}::{case.get('name')}"] = case
+        case_id = f"{case.get('classname')}::{case.get('name')}"
+        # NOTE: the exercise modules are also collected for doctests; they have none.
+        if case_id.startswith("exercises.tests."):
+            cases[case_id] = case
     return cases
 
 
-def exercise_cases(cases: dict[str, ET.Element]) -> dict[str, ET.Element]:
-    """Only the tests of exercises/tests/ (not the doctest items of the exercise modules)."""
-    return {k: v for k, v in cases.items() if k.startswith("exercises.tests.")}
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, ET.Element]]:
+    """Both passes, run side by side: ``--solutions`` and the stubs."""
+    tmp = tmp_path_factory.mktemp("exercises")
+    solutions = start_exercise_tests(tmp / "solutions.xml", "--solutions")
+    stubs = start_exercise_tests(tmp / "stubs.xml")
+    return {
+        "solutions": exercise_cases(solutions, tmp / "solutions.xml"),
+        "stubs": exercise_cases(stubs, tmp / "stubs.xml"),
+    }
 
 
 @pytest.fixture(scope="module")
-def solution_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ET.Element]:
-    return exercise_cases(run_exercise_tests(tmp_path_factory.mktemp("solutions"), "--solutions"))
+def solution_cases(runs: dict[str, dict[str, ET.Element]]) -> dict[str, ET.Element]:
+    return runs["solutions"]
 
 
 @pytest.fixture(scope="module")
-def stub_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ET.Element]:
-    return exercise_cases(run_exercise_tests(tmp_path_factory.mktemp("stubs")))
+def stub_cases(runs: dict[str, dict[str, ET.Element]]) -> dict[str, ET.Element]:
+    return runs["stubs"]
 
 
 def test_every_exercise_has_tests(solution_cases):
