@@ -374,9 +374,11 @@ class EntropyObserver(_HistogramBase):
     r"""TensorRT's KL-divergence calibration: clip $|x|$ at the threshold $T$ that keeps
     the quantized distribution closest to the original one.
 
-    The number of quantization levels compared is the number of codes on one side of
-    zero: ``qmax - qmin + 1`` for non-negative data (e.g. after ReLU), half of it otherwise.
-    See :func:`~minquant.calibration.entropy_threshold`.
+    The number of quantization levels compared is the number of codes that cover
+    $[0, T]$: ``qmax - qmin + 1`` for non-negative data (e.g. after ReLU) with an affine
+    range, half of it for data of both signs or a symmetric range. The count of the first
+    histogram bin (the exact zeros after a ReLU) is flattened before the search, as in
+    TensorRT. See :func:`~minquant.calibration.entropy_threshold`.
 
     >>> obs = EntropyObserver(signed=True, symmetric=True)
     >>> _ = obs(np.random.default_rng(0).laplace(size=100_000))
@@ -388,8 +390,8 @@ class EntropyObserver(_HistogramBase):
 
     def _range(self) -> tuple[np.ndarray, np.ndarray]:
         levels = self.qmax - self.qmin + 1
-        if self.min_val < 0:
-            levels //= 2
+        if self.min_val < 0 or self.symmetric:
+            levels //= 2  # a symmetric range spends half its codes on [-T, 0)
         threshold = calibration.entropy_threshold(self.histogram, self.hist_max, levels)
         lo = np.maximum(self.min_val, np.float32(-threshold))
         hi = np.minimum(self.max_val, np.float32(threshold))

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minquant import observers
+from minquant import calibration, observers
 from minquant.observers import (
     EntropyObserver,
     HistogramObserver,
@@ -238,6 +238,99 @@ def test_entropy_observer_clips_long_tails_only():
     uniform = EntropyObserver(signed=True, symmetric=True)  # no tail: nothing to clip
     uniform(rng.uniform(-1, 1, size=100_000))
     assert uniform._range()[1] >= 0.99 * uniform.max_val
+
+
+def _tensorrt_entropy_bin(hist: np.ndarray, num_levels: int, start_bin: int, stride: int) -> int:
+    """Independent transcription of TensorRT's ``_compute_amax_entropy`` (pytorch-quantization,
+    ``calib/histogram.py``): digitize/Counter loops and ``scipy.stats.entropy``'s formula.
+    Returns the chosen bin edge index."""
+    from collections import Counter
+
+    counts = np.array(hist, dtype=np.int64)  # TensorRT works on integer counts
+    counts[0] = counts[1]
+    divergences, arguments = [], []
+    for i in range(start_bin, counts.size + 1, stride):
+        space = np.linspace(0, i, num=num_levels + 1)
+        digitized = np.digitize(range(i), space) - 1
+        digitized[counts[:i] == 0] = -1
+        level_counts = np.zeros(num_levels)
+        for j, level in enumerate(digitized):
+            if level != -1:
+                level_counts[level] += counts[j]
+        for level, n in Counter(digitized).items():
+            if level != -1:
+                level_counts[level] /= n
+        q = np.array([level_counts[level] if level != -1 else 0.0 for level in digitized])
+        p = counts[:i].astype(np.float64)
+        p[-1] += counts[i:].sum()
+        p, q = p / p.sum(), q / q.sum()
+        kl = 0.0
+        for pj, qj in zip(p, q, strict=True):
+            if pj > 0:
+                kl += pj * np.log(pj / qj) if qj > 0 else np.inf
+        divergences.append(kl)
+        arguments.append(i)
+    divergences = np.array(divergences)
+    return arguments[len(divergences) - 1 - int(np.argmin(divergences[::-1]))]
+
+
+def _relu_like(rng: np.random.Generator, size: int) -> np.ndarray:
+    """60% exact zeros (a ReLU's negative half) and a long exponential tail."""
+    x = rng.exponential(1.0, size=size)  # (size,)
+    x[rng.random(size) < 0.6] = 0.0
+    return x
+
+
+@pytest.mark.parametrize(("num_levels", "start_bin", "stride"), [(128, 128, 1), (64, 100, 3)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_entropy_threshold_matches_tensorrt(num_levels, start_bin, stride, seed):
+    rng = np.random.default_rng(seed)
+    hist, edges = np.histogram(_relu_like(rng, 20_000), bins=512)  # (512,)
+    expected = _tensorrt_entropy_bin(hist, num_levels, start_bin, stride)
+    threshold = calibration.entropy_threshold(
+        hist.astype(np.float64), edges[-1], num_levels, start_bin, stride
+    )
+    assert threshold == edges[expected]
+
+
+def test_entropy_observer_ignores_the_relu_zero_spike():
+    # NOTE: without flattening the first bin, the spike of zeros dominates the comparison and
+    # the threshold collapses to 1.63 here, below the 99th percentile (4.56) of the tail.
+    rng = np.random.default_rng(4)
+    x = _relu_like(rng, 200_000)  # (200000,)
+    obs = EntropyObserver()
+    obs(x)
+    zeros_before = obs.histogram[0]
+    lo, hi = obs._range()
+    assert lo == 0 and np.percentile(x[x > 0], 99) < hi < obs.max_val
+    assert obs.histogram[0] == zeros_before  # the observer's histogram is left alone
+    more_zeros = EntropyObserver()
+    more_zeros(np.concatenate([x, np.zeros(500_000)]))
+    assert more_zeros._range()[1] == hi  # the count of exact zeros does not matter
+
+
+def test_entropy_observer_levels():
+    x = _relu_like(np.random.default_rng(5), 50_000)  # (50000,) non-negative
+    affine, symmetric = EntropyObserver(), EntropyObserver(symmetric=True)
+    affine(x)
+    symmetric(x)
+    hist, max_abs = affine.histogram, affine.hist_max
+    # affine uint8 on [0, T]: 256 codes; symmetric: [-T, T], so only 128 codes on [0, T]
+    assert affine._range()[1] == np.float32(calibration.entropy_threshold(hist, max_abs, 256))
+    assert symmetric._range()[1] == np.float32(calibration.entropy_threshold(hist, max_abs, 128))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(num_levels=1), "num_levels must be >= 2, got 1"),
+        (dict(start_bin=0), "start_bin must be >= 1, got 0"),
+        (dict(stride=0), "stride must be >= 1, got 0"),
+    ],
+)
+def test_entropy_threshold_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        calibration.entropy_threshold(np.ones(512), 1.0, **kwargs)
 
 
 # --- bad input -------------------------------------------------------------------------------
