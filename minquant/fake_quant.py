@@ -50,7 +50,7 @@ from collections.abc import Callable
 import numpy as np
 
 from minquant.nn.module import Module, Parameter
-from minquant.quant import EPS, _broadcast_qparams, _check_finite, qrange
+from minquant.quant import EPS, broadcast_qparams, check_finite, qrange
 
 
 def fake_quantize_with_mask(
@@ -76,8 +76,8 @@ def fake_quantize_with_mask(
     ([-1.0, 0.0, 2.0, 3.0], [True, True, True, False])
     """
     x = np.asarray(x, dtype=np.float32)
-    _check_finite("x", x)
-    scale, zero_point = _broadcast_qparams(x, scale, zero_point, axis)
+    check_finite("x", x)
+    scale, zero_point = broadcast_qparams(x, scale, zero_point, axis)
     inv_scale = np.float32(1.0) / scale  # float32, like PyTorch
     # NOTE: the zero point is added *after* rounding, and the mask is taken before clipping.
     q = zero_point + np.rint(x * inv_scale).astype(np.int64)  # unclipped codes

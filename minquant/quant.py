@@ -16,10 +16,13 @@ References:
   ``torch.fake_quantize_per_tensor_affine``, which this module reproduces bit for bit.
 * S. Boldo, G. Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms
   using rounding to odd", IEEE Trans. Computers 57(4), 2008 (used by :func:`fma_float32`).
-* ONNX ``INT4``/``UINT4`` types: two 4-bit values per byte, first element in the low nibble.
 """
 
 import numpy as np
+
+# NOTE: int4 packing lives in minquant.packing; re-exported so `minquant.quant.pack_int4` works.
+from minquant.packing import pack_int4 as pack_int4
+from minquant.packing import unpack_int4 as unpack_int4
 
 #: float32 machine epsilon: the smallest scale an observer ever returns (as PyTorch).
 EPS = np.finfo(np.float32).eps
@@ -178,8 +181,8 @@ def calc_qparams(
     never_observed = (min_val == np.inf) & (max_val == -np.inf)
     if np.all(never_observed):
         return np.ones(min_val.shape, np.float32), np.zeros(min_val.shape, np.int64)
-    _check_finite("min_val", min_val)
-    _check_finite("max_val", max_val)
+    check_finite("min_val", min_val)
+    check_finite("max_val", max_val)
     if np.any(min_val > max_val):
         raise ValueError(f"min_val must be <= max_val, got min_val={min_val}, max_val={max_val}")
 
@@ -212,7 +215,14 @@ def calc_qparams(
     return scale.astype(np.float32), zero_point.astype(np.int64)
 
 
-def _check_finite(name: str, x: np.ndarray) -> None:
+def check_finite(name: str, x: np.ndarray) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``x`` holds a NaN or an infinity.
+
+    >>> check_finite("x", np.array([1.0, np.nan]))
+    Traceback (most recent call last):
+    ...
+    ValueError: x must be finite (no NaN/Inf), got values such as [nan]
+    """
     if not np.all(np.isfinite(x)):
         bad = np.asarray(x)[~np.isfinite(x)].ravel()[:3]
         raise ValueError(f"{name} must be finite (no NaN/Inf), got values such as {bad}")
@@ -224,17 +234,25 @@ def _as_float32(name: str, x: np.ndarray) -> np.ndarray:
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     x = x.astype(np.float32)
-    _check_finite(name, x)
+    check_finite(name, x)
     return x
 
 
-def _broadcast_qparams(
+def broadcast_qparams(
     x: np.ndarray,
     scale: float | np.ndarray,
     zero_point: int | np.ndarray,
     axis: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``scale``/``zero_point`` and reshape them to broadcast against ``x``."""
+    """Validate ``scale``/``zero_point`` and reshape them to broadcast against ``x``.
+
+    Per tensor (``axis=None``) both become 0-d; per channel they become shape
+    ``(1, ..., C, ..., 1)`` with ``C = x.shape[axis]`` in position ``axis``.
+
+    >>> scale, zero_point = broadcast_qparams(np.zeros((2, 3)), [0.5, 1.0, 2.0], [0, 1, 2], 1)
+    >>> scale.shape, zero_point.shape
+    ((1, 3), (1, 3))
+    """
     scale = _as_float32("scale", scale)
     if np.any(scale <= 0):
         raise ValueError(f"scale must be > 0, got {scale.ravel()[:3]}")
@@ -333,7 +351,7 @@ def quantize(
     """
     _check_qrange(qmin, qmax)
     x = _as_float32("x", x)
-    scale, zero_point = _broadcast_qparams(x, scale, zero_point, axis)
+    scale, zero_point = broadcast_qparams(x, scale, zero_point, axis)
     _check_zero_point(zero_point, qmin, qmax)
     inv_scale = np.float32(1.0) / scale  # float32, like PyTorch
     if axis is None:
@@ -362,7 +380,7 @@ def dequantize(
     x_q = np.asarray(x_q)
     if not np.issubdtype(x_q.dtype, np.integer):
         raise TypeError(f"x_q must be an integer array, got dtype {x_q.dtype}")
-    scale, zero_point = _broadcast_qparams(x_q, scale, zero_point, axis)
+    scale, zero_point = broadcast_qparams(x_q, scale, zero_point, axis)
     # NOTE: x_q - z is an integer below 2**24, exact in float32; one rounding in the product.
     centered = (x_q.astype(np.int64) - zero_point).astype(np.float32)
     return centered * scale
@@ -394,7 +412,7 @@ def fake_quantize(
     """
     _check_qrange(qmin, qmax)
     x = _as_float32("x", x)
-    scale, zero_point = _broadcast_qparams(x, scale, zero_point, axis)
+    scale, zero_point = broadcast_qparams(x, scale, zero_point, axis)
     _check_zero_point(zero_point, qmin, qmax)
     inv_scale = np.float32(1.0) / scale
     # NOTE: clip(z + r, qmin, qmax) - z == clip(r, qmin - z, qmax - z); clipping the float
@@ -402,70 +420,6 @@ def fake_quantize(
     x_q_centered = np.clip(_round(x * inv_scale, rounding), qmin - zero_point, qmax - zero_point)
     # NOTE: via int64, so that rint(-0.3) = -0.0 gives +0.0 as in PyTorch (no negative zero).
     return x_q_centered.astype(np.int64).astype(np.float32) * scale
-
-
-def pack_int4(x_q: np.ndarray, signed: bool = True) -> np.ndarray:
-    r"""Pack 4-bit integers two per byte: the real 8x saving over float32 storage.
-
-    Element $2i$ goes in the low nibble of byte $i$, element $2i + 1$ in the high nibble
-    (the ONNX ``INT4``/``UINT4`` order):
-
-    $$\text{byte}_i = (x_{2i} \bmod 16) + 16\,(x_{2i+1} \bmod 16)$$
-
-    A signed value is stored as its 4-bit two's complement (-1 is ``0xF``). ``x_q`` is
-    flattened (C order); an odd count leaves the last high nibble 0. Returns uint8 of
-    shape ``(ceil(n / 2),)``; :func:`unpack_int4` needs the original shape back.
-
-    >>> packed = pack_int4(np.array([1, -2, 7], dtype=np.int8))  # 1 | (-2 & 15) << 4 = 0xE1
-    >>> [hex(b) for b in packed]
-    ['0xe1', '0x7']
-    >>> unpack_int4(packed, shape=3)
-    array([ 1, -2,  7], dtype=int8)
-    """
-    x_q = np.asarray(x_q)
-    if not np.issubdtype(x_q.dtype, np.integer):
-        raise TypeError(f"x_q must be an integer array, got dtype {x_q.dtype}")
-    qmin, qmax = qrange(4, signed=signed)
-    if x_q.size and (x_q.min() < qmin or x_q.max() > qmax):
-        raise ValueError(
-            f"x_q must lie in [{qmin}, {qmax}] for signed={signed}, "
-            f"got values in [{x_q.min()}, {x_q.max()}]"
-        )
-    nibbles = (x_q.ravel().astype(np.int16) & 0xF).astype(np.uint8)  # (n,) two's complement
-    if nibbles.size % 2:
-        nibbles = np.append(nibbles, np.uint8(0))  # (n + 1,) pad the last high nibble
-    low, high = nibbles[0::2], nibbles[1::2]  # (ceil(n/2),) each
-    return low | (high << 4)
-
-
-def unpack_int4(
-    packed: np.ndarray, shape: int | tuple[int, ...], signed: bool = True
-) -> np.ndarray:
-    r"""Inverse of :func:`pack_int4`: bytes back to int8 (signed) or uint8 values of ``shape``.
-
-    A signed nibble $v \in [0, 15]$ means $v - 16$ when $v \ge 8$ (two's complement).
-
-    >>> unpack_int4(np.array([0xE1, 0x07], dtype=np.uint8), shape=(1, 3), signed=False)
-    array([[ 1, 14,  7]], dtype=uint8)
-    """
-    packed = np.asarray(packed)
-    if packed.dtype != np.uint8:
-        raise TypeError(f"packed must be a uint8 array, got dtype {packed.dtype}")
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    count = int(np.prod(shape))
-    if packed.ndim != 1 or packed.size != (count + 1) // 2:
-        raise ValueError(
-            f"packed must have shape ({(count + 1) // 2},) to hold shape={shape}, "
-            f"got {packed.shape}"
-        )
-    nibbles = np.empty(2 * packed.size, dtype=np.int16)  # (2 * nbytes,)
-    nibbles[0::2] = packed & 0xF
-    nibbles[1::2] = packed >> 4
-    values = nibbles[:count]  # (count,) drop the padding nibble
-    if signed:
-        values = np.where(values >= 8, values - 16, values)
-        return values.astype(np.int8).reshape(shape)
-    return values.astype(np.uint8).reshape(shape)
 
 
 def mse(x: np.ndarray, x_hat: np.ndarray) -> float:

@@ -19,12 +19,10 @@ from minquant.quant import (
     fma_float32,
     int_dtype,
     mse,
-    pack_int4,
     qrange,
     quantize,
     round_half_away,
     sqnr,
-    unpack_int4,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -221,26 +219,6 @@ def test_rounding_modes():
         quantize(x, 1.0, 0, -128, 127, rounding="up")
 
 
-# --- int4 packing ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("signed", [True, False])
-@pytest.mark.parametrize("shape", [(1,), (7,), (4, 6), (3, 5)])
-def test_pack_unpack_int4_round_trip(signed, shape):
-    qmin, qmax = qrange(4, signed)
-    x_q = np.random.default_rng(0).integers(qmin, qmax + 1, size=shape)
-    packed = pack_int4(x_q, signed)
-    assert packed.dtype == np.uint8 and packed.shape == ((x_q.size + 1) // 2,)
-    np.testing.assert_array_equal(unpack_int4(packed, shape, signed), x_q)
-
-
-def test_pack_int4_nibble_order_and_size():
-    assert pack_int4(np.array([1, 2, 3]), signed=False).tolist() == [0x21, 0x03]
-    assert pack_int4(np.array([-1, -8]), signed=True).tolist() == [0x8F]
-    w = np.zeros((64, 64), dtype=np.float32)
-    assert w.nbytes / pack_int4(np.zeros(w.shape, np.int8)).nbytes == 8.0
-
-
 # --- metrics ---------------------------------------------------------------------------------
 
 
@@ -337,11 +315,6 @@ X = np.ones((2, 3), dtype=np.float32)
         (lambda: fake_quantize(X, np.ones(3), np.zeros(2), 0, 255, 1), ValueError, "zero_point"),
         (lambda: dequantize(X, 1.0, 0), TypeError, "x_q must be an integer array"),
         (lambda: quantize(np.array(["a"]), 1.0, 0, 0, 255), TypeError, "x must hold real"),
-        (lambda: pack_int4(np.array([8])), ValueError, r"\[-8, 7\]"),
-        (lambda: pack_int4(np.array([-1]), signed=False), ValueError, r"\[0, 15\]"),
-        (lambda: pack_int4(np.array([1.0])), TypeError, "integer array"),
-        (lambda: unpack_int4(np.zeros(2, np.uint8), 5), ValueError, r"shape \(3,\)"),
-        (lambda: unpack_int4(np.zeros(2, np.int8), 4), TypeError, "uint8"),
     ],
 )
 def test_bad_input(call, error, match):
