@@ -292,6 +292,9 @@ def to_torch_quantized(qmodel: QuantizedModel, engine: str = "x86") -> torch.nn.
     ``DeQuantize``. Like ``qmodel`` it takes a float tensor and returns float logits;
     ``model[:-1](x).int_repr() - 128`` are the int8 logits of ``qmodel.forward_int``.
     Weights are packed for ``engine`` (the global engine setting is restored afterwards).
+    NOTE: on Linux CPUs with AVX512-VNNI the ``"x86"`` engine runs convolutions on oneDNN
+    rather than fbgemm, whose arithmetic minquant reproduces; ``engine="fbgemm"`` is
+    fbgemm on every x86 CPU.
 
     >>> import torch
     >>> from minquant.ptq import quantize_model
