@@ -41,6 +41,7 @@ _SUBMODULES = (
     "models",
     "nn",
     "observers",
+    "packing",
     "photo",
     "ptq",
     "qat",
