@@ -15,19 +15,32 @@ $$y = \mathrm{RDBPOT}\big(\mathrm{SRDHM}(x \cdot 2^{\max(shift, 0)},\ M_0),\
 Everything here is vectorised over int32 NumPy arrays with int64 intermediates, and reproduces
 the reference code bit for bit, including its two roundings (see the NOTEs).
 
+TFLite also has a single-rounding variant (built with ``TFLITE_SINGLE_ROUNDING``): one 64-bit
+product and one rounding shift,
+
+$$y = \Big\lfloor \frac{x\,M_0}{2^{31 - shift}} + \frac12 \Big\rfloor,$$
+
+which is the exact product $x M$ rounded to the nearest integer (ties toward $+\infty$).
+The two-step reference rounds an intermediate result first, so about one value in
+$2^{-shift}$ lands one step away from the single-rounded one.
+
 References:
 
 * B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
   Integer-Arithmetic-Only Inference", CVPR 2018 (arXiv:1712.05877), section 2.2.
 * gemmlowp ``fixedpoint/fixedpoint.h`` (``SaturatingRoundingDoublingHighMul``,
   ``RoundingDivideByPOT``) and TensorFlow Lite ``quantization_util.cc``
-  (``QuantizeMultiplier``) and ``common.h`` (``MultiplyByQuantizedMultiplier``).
+  (``QuantizeMultiplier``) and ``common.h``/``common.cc`` (``MultiplyByQuantizedMultiplier``,
+  both the gemmlowp double-rounding and the ``TFLITE_SINGLE_ROUNDING`` variants).
 """
 
 import numpy as np
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
+
+#: Rounding variants of :func:`multiply_by_quantized_multiplier`.
+ROUNDING_MODES = ("double", "single")
 
 
 def _as_int64(x: np.ndarray | int, name: str) -> np.ndarray:
@@ -143,12 +156,23 @@ def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray | int) -> np.ndar
 
 
 def multiply_by_quantized_multiplier(
-    acc_int32: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int
+    acc_int32: np.ndarray,
+    multiplier: np.ndarray | int,
+    shift: np.ndarray | int,
+    rounding: str = "double",
 ) -> np.ndarray:
     r"""Apply $M = M_0 \cdot 2^{shift - 31}$ to int32 accumulators (TFLite's integer requant).
 
+    ``rounding="double"`` (gemmlowp's reference, the default) rounds twice:
+
     $$y = \mathrm{RDBPOT}\big(\mathrm{SRDHM}(x \cdot 2^{\max(shift,0)},\ M_0),\
     \max(-shift, 0)\big).$$
+
+    ``rounding="single"`` (TFLite's ``TFLITE_SINGLE_ROUNDING``) rounds the exact product once,
+    ties toward $+\infty$, with a 64-bit product and an arithmetic (flooring) shift:
+
+    $$y = \big(x M_0 + 2^{30 - shift}\big) \gg (31 - shift)
+    = \Big\lfloor x M + \tfrac12 \Big\rfloor.$$
 
     ``multiplier`` and ``shift`` are scalars or per-channel arrays of shape ``(C,)`` that
     broadcast along the last axis of ``acc_int32`` (e.g. ``(N, C)`` accumulators of a Linear
@@ -164,10 +188,22 @@ def multiply_by_quantized_multiplier(
     >>> m, s = quantize_multiplier(np.array([0.5, 2.0]))
     >>> multiply_by_quantized_multiplier(np.array([[3, 3], [-3, -3]]), m, s).tolist()
     [[2, 6], [-1, -6]]
+
+    Double rounding at work: $4 \cdot 0.35 = 1.4$, but SRDHM first rounds $4 \cdot 0.7 = 2.8$
+    to 3, and RDBPOT then rounds $3 / 2 = 1.5$ up to 2. Single rounding gives 1.
+
+    >>> m, s = quantize_multiplier(0.35)
+    >>> [multiply_by_quantized_multiplier(np.array([4]), m, s, rounding=r).item()
+    ...  for r in ROUNDING_MODES]
+    [2, 1]
     """
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
     x = _as_int64(acc_int32, "acc_int32")
     multiplier = _as_int64(multiplier, "multiplier")
     shift = _as_exponent(shift, "shift", -31, 30)
+    if rounding == "single":
+        return _multiply_single_rounding(x, multiplier, shift)
     left_shift = np.maximum(shift, 0)
     right_shift = np.maximum(-shift, 0)
     x_shifted = x << left_shift  # (..., C)
@@ -180,3 +216,25 @@ def multiply_by_quantized_multiplier(
         )
     high = saturating_rounding_doubling_high_mul(x_shifted, multiplier)
     return rounding_divide_by_pot(high, right_shift)
+
+
+def _multiply_single_rounding(
+    x: np.ndarray, multiplier: np.ndarray, shift: np.ndarray
+) -> np.ndarray:
+    """TFLite's single-rounding MultiplyByQuantizedMultiplier on int64 arrays (see above)."""
+    if multiplier.size and multiplier.min() < 0:
+        raise ValueError(
+            f"multiplier must be >= 0 for rounding='single', got {int(multiplier.min())}"
+        )
+    total_shift = 31 - shift  # in [1, 62]
+    # NOTE: |x * M0| < 2**62 and the nudge is at most 2**61, so the sum is exact in int64;
+    # >> floors, so adding half of 2**total_shift rounds ties toward +inf (not away from 0).
+    nudge = np.int64(1) << (total_shift - 1)
+    y = (x * multiplier + nudge) >> total_shift  # (..., C)
+    # NOTE: TFLite only DCHECKs that the result fits int32; here it is an error.
+    if y.size and (y.min() < INT32_MIN or y.max() > INT32_MAX):
+        raise ValueError(
+            f"acc_int32 * multiplier overflows int32 (result range [{y.min()}, {y.max()}]); "
+            "a multiplier above 1 needs smaller accumulators"
+        )
+    return y.astype(np.int32)

@@ -24,7 +24,7 @@ References:
 import numpy as np
 from numba import njit, prange
 
-from minquant.fixedpoint import multiply_by_quantized_multiplier
+from minquant.fixedpoint import ROUNDING_MODES, multiply_by_quantized_multiplier
 from minquant.gemm import MAX_K, check_matmul_int8, matmul_int8, matmul_int8_ref
 
 __all__ = [
@@ -192,10 +192,12 @@ def requantize_fixedpoint_ref(
     zero_point_out: int,
     qmin: int,
     qmax: int,
+    rounding: str = "double",
 ) -> np.ndarray:
     """NumPy reference of :func:`requantize_fixedpoint`, built on :mod:`minquant.fixedpoint`."""
     bias_q = _check_requant(acc, bias_q, "bias_q", np.int64)
-    y = multiply_by_quantized_multiplier(acc.astype(np.int64) + bias_q, multiplier, shift)
+    x = acc.astype(np.int64) + bias_q  # (M, N)
+    y = multiply_by_quantized_multiplier(x, multiplier, shift, rounding)
     return np.clip(y.astype(np.int64) + zero_point_out, qmin, qmax).astype(np.int8)  # (M, N)
 
 
@@ -216,13 +218,26 @@ def _mbqm_scalar(x, multiplier, shift):
     return (high >> exponent) + (1 if (high & mask) > threshold else 0)
 
 
-def _requantize_fixedpoint_py(acc, bias, multiplier, shift, zero_point_out, qmin, qmax, out):
+@njit(cache=True)
+def _mbqm_single_scalar(x, multiplier, shift):
+    """TFLite's single-rounding multiply for one int64 value: one product, one shift."""
+    total_shift = 31 - shift
+    # NOTE: >> floors, so the nudge of half a step rounds ties toward +inf.
+    return (x * multiplier + (np.int64(1) << (total_shift - 1))) >> total_shift
+
+
+def _requantize_fixedpoint_py(
+    acc, bias, multiplier, shift, zero_point_out, qmin, qmax, single, out
+):
     m, n = acc.shape
     for i in prange(m):
         for j in range(n):
             x = np.int64(acc[i, j]) + bias[j]
-            y = _mbqm_scalar(x, multiplier[j], shift[j]) + zero_point_out
-            out[i, j] = min(max(y, qmin), qmax)
+            if single:
+                y = _mbqm_single_scalar(x, multiplier[j], shift[j])
+            else:
+                y = _mbqm_scalar(x, multiplier[j], shift[j])
+            out[i, j] = min(max(y + zero_point_out, qmin), qmax)
 
 
 _requantize_fixedpoint_kernel = njit(cache=True, parallel=True)(_requantize_fixedpoint_py)
@@ -236,11 +251,16 @@ def requantize_fixedpoint(
     zero_point_out: int,
     qmin: int,
     qmax: int,
+    rounding: str = "double",
 ) -> np.ndarray:
     r"""TFLite requantization, integers only: int32 accumulators -> int8 outputs.
 
     $$y_q = \mathrm{clip}\big(z_{out} + \mathrm{MBQM}(acc + b_q,\ M_{0,c},\ shift_c),\
     q_{min},\ q_{max}\big)$$
+
+    MBQM is :func:`minquant.fixedpoint.multiply_by_quantized_multiplier`, with ``rounding``
+    ``"double"`` (gemmlowp's SRDHM then RDBPOT) or ``"single"`` (TFLite's
+    ``TFLITE_SINGLE_ROUNDING``: the exact product rounded once).
 
     ``acc`` int32 (M, N); ``bias_q`` int32 (N,) at scale $s_{in} s_{w,c}$ or None;
     ``multiplier`` and ``shift`` per output channel (N,) or scalars (from
@@ -250,7 +270,19 @@ def requantize_fixedpoint(
     >>> acc = np.array([[100, -100, 1000]], dtype=np.int32)
     >>> requantize_fixedpoint(acc, None, 1 << 30, 0, zero_point_out=-3, qmin=-128, qmax=127)
     array([[  47,  -53,  127]], dtype=int8)
+
+    $-99 \cdot 0.25 + 0.5 = -24.25$ and $-98 \cdot 0.25 = -24.5$: a tie, which the single
+    rounding sends up (to -24) and the double rounding away from zero (to -25).
+
+    >>> acc = np.array([[-99, -98]], dtype=np.int32)
+    >>> m, s = 1 << 30, -1  # M = 0.25
+    >>> requantize_fixedpoint(acc, None, m, s, 0, -128, 127, rounding="single")
+    array([[-25, -24]], dtype=int8)
+    >>> requantize_fixedpoint(acc, None, m, s, 0, -128, 127, rounding="double")
+    array([[-25, -25]], dtype=int8)
     """
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
     n = acc.shape[1] if isinstance(acc, np.ndarray) and acc.ndim == 2 else 0
     bias_q = _check_requant(acc, bias_q, "bias_q", np.int64)
     multiplier = _per_channel(multiplier, n, "multiplier", np.int64)
@@ -259,8 +291,9 @@ def requantize_fixedpoint(
     # NOTE: acc + bias and the left shift are done in int64 and assumed to fit int32, which
     # the caller guarantees (K <= MAX_K, shift <= 0 for M < 1); the reference checks it.
     out = np.empty(acc.shape, dtype=np.int8)
+    single = rounding == "single"
     _requantize_fixedpoint_kernel(
-        acc, bias_q, multiplier, shift, int(zero_point_out), int(qmin), int(qmax), out
+        acc, bias_q, multiplier, shift, int(zero_point_out), int(qmin), int(qmax), single, out
     )
     return out
 

@@ -42,6 +42,11 @@ def mbqm_exact(x: int, multiplier: int, shift: int) -> int:
     return rdbpot_exact(srdhm_exact(x * 2 ** max(shift, 0), multiplier), max(-shift, 0))
 
 
+def mbqm_single_exact(x: int, multiplier: int, shift: int) -> int:
+    """floor(x * M0 / 2**(31 - shift) + 1/2): the exact product rounded once, ties up."""
+    return math.floor(Fraction(x * multiplier, 2 ** (31 - shift)) + Fraction(1, 2))
+
+
 def quantize_multiplier_exact(real: float) -> tuple[int, int]:
     """M0 = round_half_away(real * 2**(31 - e)) with 2**(e-1) <= real < 2**e, exactly."""
     r = Fraction(real)
@@ -121,6 +126,65 @@ def test_multiply_by_quantized_multiplier_matches_exact_on_100k_cases():
         assert abs(int(y) - exact) <= 1
 
 
+def test_single_rounding_matches_exact_on_100k_cases():
+    rng = np.random.default_rng(6)
+    real = np.exp2(rng.uniform(-34.0, 0.0, N_CASES))
+    multiplier, shift = quantize_multiplier(real)
+    x = random_int32(rng, N_CASES)
+    got = multiply_by_quantized_multiplier(x, multiplier, shift, rounding="single")
+    assert got.dtype == np.int32
+    cases = list(zip(x, multiplier, shift, strict=True))
+    want = [mbqm_single_exact(int(v), int(m), int(s)) for v, m, s in cases]
+    np.testing.assert_array_equal(got, want)
+    # One rounding: within 1/2 of the exact product, where the two roundings reach 1.
+    double = multiply_by_quantized_multiplier(x, multiplier, shift, rounding="double")
+    for (v, m, s), y, y2 in list(zip(cases, got, double, strict=True))[:2000]:
+        exact = Fraction(int(v) * int(m)) * Fraction(2) ** (int(s) - 31)
+        assert abs(int(y) - exact) <= Fraction(1, 2)
+        assert abs(int(y2) - exact) <= 1
+    differ = np.mean(got != double)
+    assert 0.0 < differ < 0.5, differ  # the variants disagree, by one step only
+    assert np.abs(got.astype(np.int64) - double).max() == 1
+
+
+def test_single_rounding_left_shift_and_overflow():
+    rng = np.random.default_rng(7)
+    real = np.exp2(rng.uniform(0.0, 30.0, 5000))
+    multiplier, shift = quantize_multiplier(real)
+    x = rng.integers(-(2**22), 2**22, 5000) >> np.minimum(shift, 22)  # keeps x * M in int32
+    x = x.astype(np.int32)
+    got = multiply_by_quantized_multiplier(x, multiplier, shift, rounding="single")
+    want = [
+        mbqm_single_exact(int(v), int(m), int(s))
+        for v, m, s in zip(x, multiplier, shift, strict=True)
+    ]
+    np.testing.assert_array_equal(got, want)
+    # Largest shift and multiplier: INT32_MAX * (2**31 - 1) * 2**-1 does not fit int32.
+    with pytest.raises(ValueError, match="overflows int32"):
+        multiply_by_quantized_multiplier(np.array([2**20]), INT32_MAX, 30, rounding="single")
+
+
+def test_single_rounding_ties_round_toward_plus_infinity():
+    # M = 0.25 (M0 = 2**30, shift = -1): x / 4 with x = 4k + 2 are the ties.
+    m, s = quantize_multiplier(0.25)
+    x = np.array([2, -2, 6, -6, 10, -10, INT32_MIN + 2], dtype=np.int32)
+    got = multiply_by_quantized_multiplier(x, m, s, rounding="single")
+    np.testing.assert_array_equal(got, [1, 0, 2, -1, 3, -2, -(2**29) + 1])
+    # The double-rounding reference rounds the negative ones away from zero instead.
+    got = multiply_by_quantized_multiplier(x, m, s, rounding="double")
+    np.testing.assert_array_equal(got, [1, -1, 2, -2, 3, -3, -(2**29)])
+    # Ties at every shift in [-29, 0]: M0 = 3 * 2**29 (M = 3 * 2**(shift - 2)) and
+    # x = +-2**(1 - shift) give x * M = +-1.5 exactly, which rounds to 2 and -1.
+    shift = np.arange(-29, 1)  # (30,)
+    for sign, tie_up in ((1, 2), (-1, -1)):
+        x = (sign * (np.int64(1) << (1 - shift))).astype(np.int32)  # (30,)
+        got = multiply_by_quantized_multiplier(x, 3 * 2**29, shift, rounding="single")
+        np.testing.assert_array_equal(got, np.full(30, tie_up))
+        pairs = zip(x, shift, strict=True)
+        want = [mbqm_single_exact(int(v), 3 * 2**29, int(k)) for v, k in pairs]
+        np.testing.assert_array_equal(got, want)
+
+
 def test_multiply_by_quantized_multiplier_left_shift():
     rng = np.random.default_rng(4)
     real = np.exp2(rng.uniform(0.0, 8.0, 5000))
@@ -191,6 +255,13 @@ def test_per_channel_broadcasts_along_last_axis():
 def test_quantize_multiplier_rejects_bad_values(real):
     with pytest.raises(ValueError, match="real_multiplier"):
         quantize_multiplier(real)
+
+
+def test_rejects_unknown_rounding_and_negative_single_multiplier():
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        multiply_by_quantized_multiplier(np.array([1]), 2**30, 0, rounding="half_even")
+    with pytest.raises(ValueError, match="multiplier must be >= 0"):
+        multiply_by_quantized_multiplier(np.array([1]), -(2**30), 0, rounding="single")
 
 
 def test_rejects_float_accumulators():

@@ -6,10 +6,12 @@ against :mod:`minquant.fixedpoint` (tested against exact integers), the float re
 against PyTorch's quantized Linear.
 """
 
+import math
 import os
 import subprocess
 import sys
 import textwrap
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -164,8 +166,9 @@ def random_acc(rng: np.random.Generator, shape: tuple[int, int], bits: int) -> n
     return acc.astype(np.int32)
 
 
+@pytest.mark.parametrize("rounding", ["double", "single"])
 @pytest.mark.parametrize(("m", "n", "relu"), [(1, 1, False), (37, 13, False), (64, 10, True)])
-def test_requantize_fixedpoint_equals_reference(m, n, relu):
+def test_requantize_fixedpoint_equals_reference(m, n, relu, rounding):
     rng = np.random.default_rng(m + n)
     acc = random_acc(rng, (m, n), 20)
     bias_q = rng.integers(-(2**16), 2**16, n).astype(np.int32)
@@ -173,10 +176,9 @@ def test_requantize_fixedpoint_equals_reference(m, n, relu):
     zero_point_out = int(rng.integers(-20, 20))
     qmin = zero_point_out if relu else -128
     for bias in (bias_q, None):
-        got = kernels.requantize_fixedpoint(acc, bias, multiplier, shift, zero_point_out, qmin, 127)
-        want = kernels.requantize_fixedpoint_ref(
-            acc, bias, multiplier, shift, zero_point_out, qmin, 127
-        )
+        args = (acc, bias, multiplier, shift, zero_point_out, qmin, 127)
+        got = kernels.requantize_fixedpoint(*args, rounding=rounding)
+        want = kernels.requantize_fixedpoint_ref(*args, rounding=rounding)
         assert got.dtype == np.int8 and got.shape == (m, n)
         np.testing.assert_array_equal(got, want)
         assert got.min() >= qmin
@@ -189,6 +191,42 @@ def test_requantize_fixedpoint_scalar_multiplier_and_ties():
     np.testing.assert_array_equal(got, [[2, -1, 3, -2, 127, -128]])
     want = kernels.requantize_fixedpoint_ref(acc, None, 2**30, 0, 0, -128, 127)
     np.testing.assert_array_equal(got, want)
+
+
+def requantize_single_exact(v: int, m: int, s: int, zero_point_out: int) -> int:
+    """clip(z + floor(v * M0 / 2**(31 - s) + 1/2)): one rounding of the exact product."""
+    y = math.floor(Fraction(v * m, 2 ** (31 - s)) + Fraction(1, 2)) + zero_point_out
+    return min(max(y, -128), 127)
+
+
+def test_requantize_fixedpoint_single_matches_exact_on_100k_cases():
+    rng = np.random.default_rng(12)
+    m, n = 1000, 100
+    acc = random_acc(rng, (m, n), 24)  # (M, N)
+    bias_q = rng.integers(-(2**20), 2**20, n).astype(np.int32)  # (N,)
+    multiplier, shift = quantize_multiplier(np.exp2(rng.uniform(-24.0, -16.0, n)))  # (N,)
+    # A (200, 20) block of exact ties: (acc + b) * M = k + 1/2 with M0 = 2**30.
+    multiplier[:20] = 2**30
+    ties = (2 * rng.integers(-50, 50, (200, 20)) + 1) << -shift[:20].astype(np.int64)
+    acc[:200, :20] = ties - bias_q[:20]
+    got = kernels.requantize_fixedpoint(acc, bias_q, multiplier, shift, -3, -128, 127, "single")
+    want = np.array(
+        [
+            [
+                requantize_single_exact(int(acc[i, j]) + int(bias_q[j]), int(mj), int(sj), -3)
+                for j, (mj, sj) in enumerate(zip(multiplier, shift, strict=True))
+            ]
+            for i in range(m)
+        ]
+    )
+    np.testing.assert_array_equal(got, want)
+    assert np.mean((want > -128) & (want < 127)) > 0.9  # the rounding is tested, not the clamp
+    # On the ties the double rounding differs for negative values (away from zero).
+    double = kernels.requantize_fixedpoint(acc, bias_q, multiplier, shift, -3, -128, 127)
+    negative_ties = ties < 0  # (200, 20)
+    tie_got, tie_double = got[:200, :20].astype(int), double[:200, :20].astype(int)
+    np.testing.assert_array_equal(tie_double[negative_ties], tie_got[negative_ties] - 1)
+    np.testing.assert_array_equal(tie_double[~negative_ties], tie_got[~negative_ties])
 
 
 @pytest.mark.parametrize(("m", "n", "relu"), [(1, 1, False), (37, 13, False), (64, 10, True)])
@@ -257,6 +295,8 @@ def test_requantize_rejects_bad_input():
         kernels.requantize_fixedpoint(acc, None, np.ones(2, np.int32), 0, 0, -128, 127)
     with pytest.raises(ValueError, match="qmin"):
         kernels.requantize_fixedpoint(acc, None, 2**30, 0, 0, -129, 127)
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        kernels.requantize_fixedpoint(acc, None, 2**30, 0, 0, -128, 127, rounding="even")
     with pytest.raises(ValueError, match="zero_point_out"):
         kernels.requantize_float(acc, None, 0.1, 0.1, 5, 6, 127)
     with pytest.raises(ValueError, match="out_scale"):
@@ -315,8 +355,9 @@ def test_kernels_run_with_jit_disabled():
         acc = rng.integers(-2**20, 2**20, (4, 3)).astype(np.int32)
         m = np.array([2**30, 1500000000, 2**31 - 1]); s = np.array([-3, -8, 0])
         args = (acc, np.array([5, -5, 0], np.int32), m, s, 2, -128, 127)
-        y = kernels.requantize_fixedpoint(*args)
-        assert (y == kernels.requantize_fixedpoint_ref(*args)).all()
+        for r in ("double", "single"):
+            y = kernels.requantize_fixedpoint(*args, rounding=r)
+            assert (y == kernels.requantize_fixedpoint_ref(*args, rounding=r)).all()
         args = (acc, np.ones(3, np.float32), np.full(3, 1e-3, np.float32), 0.7, 2, -128, 127)
         assert (kernels.requantize_float(*args) == kernels.requantize_float_ref(*args)).all()
         print("ok")
