@@ -17,7 +17,9 @@ not depend on the input, so they are folded into one int32 vector when the model
 Only the multiplication by the real number $M$ remains, done in one of two styles:
 
 * ``requant="fixedpoint"`` (TFLite/gemmlowp): $M = M_0 2^{shift}$ with an int32 $M_0$;
-  integer multiply, rounding shift, add $z_y$, clamp. No float anywhere.
+  integer multiply, rounding shift, add $z_y$, clamp. No float anywhere. ``rounding``
+  picks TFLite's single rounding (``"single"``, the default) or gemmlowp's double rounding
+  (``"double"``), see :func:`minquant.fixedpoint.multiply_by_quantized_multiplier`.
 * ``requant="float"`` (PyTorch x86/fbgemm): the accumulator is converted to float32 and
   multiplied by $M$ in float32, with a float bias (bit-exact with ``torch.ao`` quantized
   modules).
@@ -38,13 +40,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from minquant import fixedpoint, kernels
+from minquant.kernels import MAX_K
 from minquant.quant import dequantize, quantize
 
 #: Requantization styles of :class:`QuantizedLinear` and :class:`QuantizedConv2d`.
 REQUANT_MODES = ("fixedpoint", "float")
-
-#: The largest K for which the int32 accumulator of an int8 GEMM cannot overflow.
-MAX_K = 2**31 // (128 * 128)
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -87,7 +87,12 @@ class QuantizedModule:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the arrays ``forward`` reads, as held in memory (weight codes in int8)."""
         return sum(a.nbytes for a in self.arrays().values())
+
+    def packed_nbytes(self, weight_bits: int = 8) -> int:
+        """Bytes as stored with ``weight_bits``-bit weight codes packed (see subclasses)."""
+        return self.nbytes
 
     def extra_repr(self) -> str:
         return ""
@@ -154,10 +159,15 @@ class _QuantizedGemm(QuantizedModule):
         output_qparams: QParams,
         relu: bool,
         requant: str,
+        rounding: str,
     ) -> None:
         name = type(self).__name__
         if requant not in REQUANT_MODES:
             raise ValueError(f"{name}: requant must be one of {REQUANT_MODES}, got {requant!r}")
+        if rounding not in fixedpoint.ROUNDING_MODES:
+            raise ValueError(
+                f"{name}: rounding must be one of {fixedpoint.ROUNDING_MODES}, got {rounding!r}"
+            )
         if not isinstance(w_q, np.ndarray) or w_q.dtype != np.int8:
             raise TypeError(
                 f"{name}: w_q must be an int8 ndarray, got {getattr(w_q, 'dtype', w_q)}"
@@ -174,6 +184,7 @@ class _QuantizedGemm(QuantizedModule):
         self.input_qparams, self.output_qparams = x_qp, y_qp
         self.w_scale = w_scale.copy()  # (N,) for export and reports; forward does not read it
         self.relu, self.requant = bool(relu), requant
+        self.rounding = rounding  # read by "fixedpoint" only
         self.in_features, self.out_features = k, n_out
         # NOTE: matmul_int8(A, B) reads B through B^T (N, K) with contiguous rows: a (K, N)
         # view of the row-major (N, K) weights is exactly that layout, so no call copies it.
@@ -214,6 +225,34 @@ class _QuantizedGemm(QuantizedModule):
             names = ("w_packed", "bias", "zp_correction", "acc_scale")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
+    def packed_nbytes(self, weight_bits: int = 8) -> int:
+        r"""Bytes with the weight codes packed at ``weight_bits`` bits each, as stored on disk.
+
+        $\lceil N K b / 8 \rceil$ bytes of weights (two 4-bit codes per byte, as
+        :func:`minquant.packing.pack_int4`; four 2-bit codes per byte) plus the per-channel
+        arrays at their own size. ``nbytes`` counts one int8 byte per code instead: the
+        layout the int8 kernels read.
+
+        >>> qp = QParams(scale=1.0, zero_point=0, qmin=-128, qmax=127)
+        >>> layer = QuantizedLinear(np.ones((3, 5), np.int8), np.float32([1.0]), None, qp, qp)
+        >>> layer.nbytes, layer.packed_nbytes(4), layer.packed_nbytes(2)  # 15 codes + 3 * 9
+        (42, 35, 31)
+        """
+        if isinstance(weight_bits, bool) or not isinstance(weight_bits, (int, np.integer)):
+            raise TypeError(f"weight_bits must be an int in [2, 8], got {weight_bits!r}")
+        if not 2 <= weight_bits <= 8:
+            raise ValueError(f"weight_bits must be in [2, 8], got {weight_bits}")
+        qmin, qmax = -(2 ** (weight_bits - 1)), 2 ** (weight_bits - 1) - 1
+        w = self.w_packed
+        if w.size and (w.min() < qmin or w.max() > qmax):
+            raise ValueError(
+                f"weight codes in [{w.min()}, {w.max()}] do not fit {weight_bits} bits "
+                f"([{qmin}, {qmax}])"
+            )
+        # NOTE: one packed stream per weight tensor; a partly used last byte counts whole.
+        weight_bytes = -(-w.size * int(weight_bits) // 8)  # ceil(N K b / 8)
+        return weight_bytes + self.nbytes - w.nbytes
+
     def _gemm_requantize(self, a_q: np.ndarray) -> np.ndarray:
         """int8 (M, K) -> int8 (M, N): the whole integer pipeline of one layer."""
         acc = kernels.matmul_int8(a_q, self.w_packed)  # (M, N) int32, exact
@@ -227,6 +266,7 @@ class _QuantizedGemm(QuantizedModule):
                 y_qp.zero_point,
                 self.clamp_min,
                 y_qp.qmax,
+                self.rounding,
             )
         acc -= self.zp_correction  # (M, N) int32, exact: |acc| < 2^31 for K <= MAX_K
         return kernels.requantize_float(
@@ -241,8 +281,11 @@ class _QuantizedGemm(QuantizedModule):
 
     def _gemm_repr(self) -> str:
         y_qp = self.output_qparams
+        requant = f"requant={self.requant!r}"
+        if self.requant == "fixedpoint":
+            requant += f", rounding={self.rounding!r}"
         return (
-            f"relu={self.relu}, requant={self.requant!r}, "
+            f"relu={self.relu}, {requant}, "
             f"out_scale={y_qp.scale:.6g}, out_zero_point={y_qp.zero_point}"
         )
 
@@ -270,10 +313,11 @@ class QuantizedLinear(_QuantizedGemm):
         output_qparams: QParams,
         relu: bool = False,
         requant: str = "fixedpoint",
+        rounding: str = "single",
     ) -> None:
         if w_q.ndim != 2:
             raise ValueError(f"QuantizedLinear: w_q must be (out, in), got shape {w_q.shape}")
-        super().__init__(w_q, w_scale, bias, input_qparams, output_qparams, relu, requant)
+        super().__init__(w_q, w_scale, bias, input_qparams, output_qparams, relu, requant, rounding)
 
     def forward(self, x_q: np.ndarray) -> np.ndarray:
         _check_int8("QuantizedLinear", x_q, ndim=2)
@@ -313,10 +357,11 @@ class QuantizedConv2d(_QuantizedGemm):
         padding: int = 0,
         relu: bool = False,
         requant: str = "fixedpoint",
+        rounding: str = "single",
     ) -> None:
         if w_q.ndim != 4 or w_q.shape[2] != w_q.shape[3]:
             raise ValueError(f"QuantizedConv2d: w_q must be (out, in, k, k), got shape {w_q.shape}")
-        super().__init__(w_q, w_scale, bias, input_qparams, output_qparams, relu, requant)
+        super().__init__(w_q, w_scale, bias, input_qparams, output_qparams, relu, requant, rounding)
         self.in_channels, self.out_channels = w_q.shape[1], w_q.shape[0]
         self.kernel_size, self.stride, self.padding = w_q.shape[2], int(stride), int(padding)
 

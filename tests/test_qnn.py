@@ -40,13 +40,16 @@ def _assert_close_to_ideal(out, ideal, min_exact=0.99):
     assert np.mean(diff == 0) >= min_exact, f"only {np.mean(diff == 0):.4f} exact"
 
 
+REQUANT_ROUNDING = [("fixedpoint", "single"), ("fixedpoint", "double"), ("float", "single")]
+
+
 @pytest.mark.parametrize("per_channel", [True, False])
-@pytest.mark.parametrize("requant", ["fixedpoint", "float"])
-def test_linear_matches_float_computation(per_channel, requant):
+@pytest.mark.parametrize(("requant", "rounding"), REQUANT_ROUNDING)
+def test_linear_matches_float_computation(per_channel, requant, rounding):
     rng = np.random.default_rng(1)
     w_q, w_scale, bias, x_qp, y_qp = _random_layer_data(rng, 24, 300, per_channel)
     x_q = rng.integers(-128, 128, size=(64, 300)).astype(np.int8)
-    layer = QuantizedLinear(w_q, w_scale, bias, x_qp, y_qp, requant=requant)
+    layer = QuantizedLinear(w_q, w_scale, bias, x_qp, y_qp, requant=requant, rounding=rounding)
     out = layer(x_q)
     assert out.dtype == np.int8 and out.shape == (64, 24)
     # the exact real-valued output of the dequantized layer, in float64
@@ -70,13 +73,14 @@ def _conv_float64(x, w, b, padding):
 
 
 @pytest.mark.parametrize("relu", [False, True])
-@pytest.mark.parametrize("requant", ["fixedpoint", "float"])
-def test_conv2d_matches_float_computation(relu, requant):
+@pytest.mark.parametrize(("requant", "rounding"), REQUANT_ROUNDING)
+def test_conv2d_matches_float_computation(relu, requant, rounding):
     rng = np.random.default_rng(2)
     w_q, w_scale, bias, x_qp, y_qp = _random_layer_data(rng, 8, 3 * 3 * 3)
     w_q = w_q.reshape(8, 3, 3, 3)
     x_q = rng.integers(-128, 128, size=(4, 3, 9, 7)).astype(np.int8)
-    conv = QuantizedConv2d(w_q, w_scale, bias, x_qp, y_qp, padding=1, relu=relu, requant=requant)
+    kwargs = dict(padding=1, relu=relu, requant=requant, rounding=rounding)
+    conv = QuantizedConv2d(w_q, w_scale, bias, x_qp, y_qp, **kwargs)
     out = conv(x_q)
     assert out.dtype == np.int8 and out.shape == (4, 8, 9, 7)
     # NOTE: the reference pads with real zeros; the integer conv pads with the zero point.
@@ -125,7 +129,45 @@ def test_nbytes_counts_stored_arrays():
     layer = QuantizedLinear(w_q, w_scale, bias, x_qp, y_qp)
     # int8 weights + int32 folded bias + int32 multiplier + int8 shift per channel
     assert layer.nbytes == 10 * 100 + 10 * (4 + 4 + 1)
-    assert "QuantizedLinear(100, 10" in repr(layer)
+    assert "QuantizedLinear(100, 10" in repr(layer) and "rounding='single'" in repr(layer)
+    # The GEMM reads the (out, in) rows in place: w_packed is their transposed view.
+    assert layer.w_packed.shape == (100, 10) and layer.w_packed.T.flags.c_contiguous
+    assert np.shares_memory(layer.w_packed, w_q)
+
+
+def test_packed_nbytes_counts_bits():
+    rng = np.random.default_rng(7)
+    # 7 x 9 = 63 codes in [-1, 1]: 63 bytes at 8 bits, 32 at 4 bits, 16 at 2 bits.
+    w_q = rng.integers(-1, 2, size=(7, 9)).astype(np.int8)
+    _, w_scale, bias, x_qp, y_qp = _random_layer_data(rng, 7, 9)
+    per_channel = 7 * (4 + 4 + 1)  # int32 folded bias, int32 multiplier, int8 shift
+    layer = QuantizedLinear(w_q, w_scale, bias, x_qp, y_qp)
+    assert layer.nbytes == 63 + per_channel
+    assert layer.packed_nbytes(8) == 63 + per_channel
+    assert layer.packed_nbytes(4) == 32 + per_channel
+    assert layer.packed_nbytes(2) == 16 + per_channel
+    assert layer.packed_nbytes(3) == 24 + per_channel  # 189 bits
+    float_layer = QuantizedLinear(w_q, w_scale, bias, x_qp, y_qp, requant="float")
+    assert float_layer.packed_nbytes(2) == 16 + 7 * (4 + 4 + 4)  # float bias, int32, float32
+    assert QuantizedFlatten().packed_nbytes(4) == 0
+    with pytest.raises(ValueError, match=r"weight_bits must be in \[2, 8\], got 1"):
+        layer.packed_nbytes(1)
+    big = QuantizedLinear(np.full((2, 3), -8, np.int8), w_scale[:2], None, x_qp, y_qp)
+    assert big.packed_nbytes(4) == 3 + 2 * 9
+    with pytest.raises(ValueError, match=r"weight codes in \[-8, -8\] do not fit 3 bits"):
+        big.packed_nbytes(3)
+    with pytest.raises(TypeError, match="weight_bits"):
+        layer.packed_nbytes(4.0)
+
+
+def test_max_k_is_the_int32_accumulator_bound():
+    # 131,071 products of (-128)(-128) sum to 2**31 - 2**14, which fits int32; 131,072 reach
+    # 2**31, which wraps: K = 131,072 is refused although 2**31 / 128**2 = 131,072.
+    assert MAX_K == 131_071 and MAX_K * 128 * 128 <= 2**31 - 1 < (MAX_K + 1) * 128 * 128
+    x_qp = QParams(scale=1.0, zero_point=0, qmin=-128, qmax=127)
+    QuantizedLinear(np.zeros((1, MAX_K), np.int8), np.float32([1.0]), None, x_qp, x_qp)
+    with pytest.raises(ValueError, match="131072 inputs per output exceeds 131071"):
+        QuantizedLinear(np.zeros((1, MAX_K + 1), np.int8), np.float32([1.0]), None, x_qp, x_qp)
 
 
 def test_bad_input():
@@ -140,6 +182,8 @@ def test_bad_input():
         QuantizedLinear(w_q.astype(np.int16), w_scale, bias, x_qp, y_qp)
     with pytest.raises(ValueError, match="requant"):
         QuantizedLinear(w_q, w_scale, bias, x_qp, y_qp, requant="double")
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        QuantizedLinear(w_q, w_scale, bias, x_qp, y_qp, rounding="even")
     with pytest.raises(ValueError, match="overflow"):
         big = np.zeros((1, MAX_K + 1), dtype=np.int8)
         QuantizedLinear(big, w_scale[:1], None, x_qp, y_qp)
