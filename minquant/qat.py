@@ -240,7 +240,7 @@ class QATConvBn2d(nn.Module):
 
 def _check_bits(name: str, bits: int) -> int:
     # NOTE: the integer model stores int8, so 2..8 bits (the error names the argument).
-    return ptq._check_bits(name, bits)
+    return ptq.check_bits(name, bits)
 
 
 def prepare_qat(
@@ -267,7 +267,7 @@ def prepare_qat(
     >>> [type(m).__name__ for m in qat_model][:5]
     ['FakeQuantize', 'QATConvBn2d', 'ReLU', 'FakeQuantize', 'MaxPool2d']
     """
-    layers = ptq._check_sequential(model)
+    layers = ptq.check_sequential(model)
     weight_bits = _check_bits("weight_bits", weight_bits)
     act_bits = _check_bits("act_bits", act_bits)
     if int(freeze_bn_steps) != freeze_bn_steps or freeze_bn_steps < 0:
@@ -344,7 +344,7 @@ def convert(qat_model: nn.Sequential, requant: str = "float") -> ptq.QuantizedMo
     >>> qmodel.forward_int(np.zeros((2, 1, 28, 28), np.float32)).dtype
     dtype('int8')
     """
-    layers = ptq._check_sequential(qat_model)
+    layers = ptq.check_sequential(qat_model)
     if not layers or not isinstance(layers[0], FakeQuantize):
         raise ValueError("convert: expected a model made by prepare_qat (input FakeQuantize)")
     for fq in fake_quantizers(qat_model):
@@ -354,7 +354,7 @@ def convert(qat_model: nn.Sequential, requant: str = "float") -> ptq.QuantizedMo
                 "forward passes in training mode) before converting it"
             )
     act_bits = layers[0].num_bits
-    input_qp = ptq._activation_qparams(layers[0], act_bits, reduce_range=False)
+    input_qp = ptq.activation_qparams(layers[0], act_bits, reduce_range=False)
     steps, float_layers, x_qp = [], [], input_qp
     weight_bits, per_channel = None, None
     i = 1
@@ -368,18 +368,18 @@ def convert(qat_model: nn.Sequential, requant: str = "float") -> ptq.QuantizedMo
             act_fq = layers[i + 1] if i + 1 < len(layers) else None
             if not isinstance(act_fq, FakeQuantize):
                 raise ValueError(f"convert: {layer._name()} is not followed by a FakeQuantize")
-            y_qp = ptq._activation_qparams(act_fq, act_bits, reduce_range=False)
+            y_qp = ptq.activation_qparams(act_fq, act_bits, reduce_range=False)
             w_fq = layer.weight_fake_quant
             scale, zero_point = w_fq.calculate_qparams()
             w_q = quantize(
                 group[0].weight.data, scale, zero_point, w_fq.qmin, w_fq.qmax, axis=w_fq.axis
             ).astype(np.int8)
-            module, sim = ptq._convert_group(group, x_qp, y_qp, (w_q, scale), requant)
+            module, sim = ptq.convert_group(group, x_qp, y_qp, (w_q, scale), requant)
             weight_bits, per_channel = w_fq.num_bits, w_fq.axis is not None
             i += 1
         else:
             group, y_qp = [layer], x_qp
-            module, sim = ptq._convert_group(group, x_qp, y_qp, None, requant)
+            module, sim = ptq.convert_group(group, x_qp, y_qp, None, requant)
         steps.append(ptq.Step(float_layers=group, module=module, sim_layer=sim, qparams=y_qp))
         float_layers += group
         x_qp = y_qp

@@ -1,0 +1,185 @@
+r"""The integer-only model that :mod:`minquant.ptq` and :mod:`minquant.qat` build.
+
+A :class:`QuantizedModel` is a chain of :class:`Step` s between a ``Quantize`` edge (float32
+to int8) and a ``Dequantize`` edge (int8 to float32). Each step pairs the float layers it
+replaces (a Conv2d/Linear and its fused ReLU, a pooling, a flatten) with
+
+* its integer module (:mod:`minquant.qnn`), run by ``model(X)`` and ``forward_int(X)``;
+* its fake-quant float twin, run by ``simulate(X)``: the same weights (dequantized), each
+  output rounded to the same grid, $\hat{x} = s\,(\mathrm{clip}(z + \mathrm{rint}(x/s)) - z)$.
+
+The two agree up to the rounding of the requantization, which is what
+``layer_report(X)`` and the tests measure.
+
+Two sizes are reported: ``nbytes`` (the arrays the int8 forward pass reads, one int8 byte per
+weight code whatever ``weight_bits``) and ``packed_nbytes`` (the same model stored with its
+``weight_bits``-bit codes packed, e.g. two 4-bit codes per byte): the size a file or a
+4-bit kernel would need, and the number to compare W8, W4 and W2 models by.
+
+Reference: B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", CVPR 2018 (arXiv:1712.05877).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minquant import nn
+from minquant.qnn import Dequantize, QParams, Quantize, QuantizedModule
+from minquant.quant import fake_quantize, sqnr
+
+__all__ = ["QuantizedModel", "Step"]
+
+
+@dataclass
+class Step:
+    """One stage of a :class:`QuantizedModel`: float layers and their integer replacement."""
+
+    float_layers: list[nn.Module]  # e.g. [Conv2d, ReLU] (BatchNorm already folded)
+    module: QuantizedModule  # the integer-only module
+    sim_layer: nn.Module | None  # Conv2d/Linear with fake-quantized weights, else None
+    qparams: QParams  # of the step's output
+
+
+class QuantizedModel:
+    r"""An integer-only model: ``Quantize``, integer modules, ``Dequantize``.
+
+    ``model(X)`` returns float32 logits computed with integer arithmetic inside;
+    ``forward_int(X)`` returns the int8 logits; ``simulate(X)`` runs the fake-quant float
+    simulation of the same model (same weights, same activation quantizers);
+    ``layer_report(X)`` measures the SQNR of every layer against the float model.
+    Built by :func:`quantize_model`.
+    """
+
+    def __init__(
+        self,
+        steps: list[Step],
+        input_qparams: QParams,
+        float_model: nn.Sequential,
+        config: dict,
+        batch_size: int = 1000,
+    ) -> None:
+        self.steps = steps
+        self.quantize = Quantize(input_qparams)
+        self.dequantize = Dequantize(steps[-1].qparams)
+        self.float_model = float_model  # BatchNorm folded, eval mode
+        self.config = config
+        # NOTE: each kernel call is one parallel region; large batches amortise its start-up.
+        self.batch_size = batch_size
+
+    @property
+    def output_qparams(self) -> QParams:
+        return self.dequantize.qparams
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array the integer forward pass reads (weights, biases, multipliers).
+
+        Weight codes take one int8 byte each whatever ``weight_bits``; see
+        :attr:`packed_nbytes` for the bit-packed size.
+        """
+        return sum(step.module.nbytes for step in self.steps)
+
+    @property
+    def packed_nbytes(self) -> int:
+        r"""Bytes as stored with the weight codes packed at ``weight_bits`` bits each.
+
+        $\lceil N K b / 8 \rceil$ bytes per weight tensor (see
+        :meth:`minquant.qnn.QuantizedLinear.packed_nbytes`) plus biases, multipliers and
+        shifts at their own size. Equal to :attr:`nbytes` for 8-bit weights.
+        """
+        weight_bits = self.config["weight_bits"]
+        return sum(step.module.packed_nbytes(weight_bits) for step in self.steps)
+
+    @property
+    def float_nbytes(self) -> int:
+        """Bytes of the float32 model's parameters (BatchNorm folded, as it would be deployed)."""
+        return sum(p.data.astype(np.float32).nbytes for p in self.float_model.parameters())
+
+    def forward_int(self, X: np.ndarray) -> np.ndarray:
+        """int8 logits: quantize the input, then integer-only modules (in batches)."""
+        outputs = []
+        for start in range(0, len(X), self.batch_size):
+            x_q = self.quantize(X[start : start + self.batch_size])  # int8
+            for step in self.steps:
+                x_q = step.module(x_q)
+            outputs.append(x_q)
+        return np.concatenate(outputs)  # (N, classes) int8
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return self.dequantize(self.forward_int(X))  # (N, classes) float32
+
+    def _simulate_step(self, step: Step, x: np.ndarray) -> np.ndarray:
+        if step.sim_layer is None:
+            # NOTE: max pooling, flatten and ReLU map fake-quantized values to such values.
+            for layer in step.float_layers:
+                x = layer(x)
+            return x
+        x = step.sim_layer(x)
+        for relu in step.float_layers[1:]:
+            x = relu(x)
+        qp = step.qparams
+        return fake_quantize(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+
+    def simulate(self, X: np.ndarray) -> np.ndarray:
+        r"""The fake-quant float simulation of the same model, in float32.
+
+        $\hat{x} = s\,(\mathrm{clip}(z + \mathrm{rint}(x / s)) - z)$ after the input and
+        after every Conv2d/Linear(+ReLU), whose weights are $w_q s_w$ (and, for
+        ``"fixedpoint"``, whose bias is $b_q s_x s_w$).
+        """
+        qp = self.quantize.qparams
+        x = fake_quantize(X, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+        for step in self.steps:
+            x = self._simulate_step(step, x)
+        return x  # (N, classes) float32
+
+    def layer_report(self, X: np.ndarray) -> list[dict]:
+        """SQNR (dB) of every step's output against the float model's, integer and simulated.
+
+        Each row: ``layer`` (the integer module), ``sqnr_db`` (dequantized integer output vs
+        float) and ``sim_sqnr_db`` (fake-quant simulation vs float).
+        """
+        qp = self.quantize.qparams
+        x_f = np.asarray(X, dtype=np.float32)
+        x_q = self.quantize(x_f)
+        x_s = fake_quantize(x_f, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+        rows = [self._row(repr(self.quantize), x_f, x_q, qp, x_s)]
+        for step in self.steps:
+            for layer in step.float_layers:
+                x_f = layer(x_f)
+            x_q = step.module(x_q)
+            x_s = self._simulate_step(step, x_s)
+            rows.append(self._row(repr(step.module), x_f, x_q, step.qparams, x_s))
+        return rows
+
+    @staticmethod
+    def _row(name: str, x_f: np.ndarray, x_q: np.ndarray, qp: QParams, x_s: np.ndarray) -> dict:
+        x_hat = (x_q.astype(np.float32) - qp.zero_point) * np.float32(qp.scale)
+        return {"layer": name, "sqnr_db": sqnr(x_f, x_hat), "sim_sqnr_db": sqnr(x_f, x_s)}
+
+    def _rounding(self) -> str | None:
+        """The fixed-point rounding of the Conv2d/Linear modules (None for float requant)."""
+        for step in self.steps:
+            if getattr(step.module, "requant", None) == "fixedpoint":
+                return step.module.rounding
+        return None
+
+    def __repr__(self) -> str:
+        c = self.config
+        rounding = self._rounding()
+        requant = f"requant={c['requant']!r}"
+        if rounding is not None:
+            requant += f", rounding={rounding!r}"
+        fp32 = self.float_nbytes
+        lines = [
+            f"QuantizedModel(W{c['weight_bits']}A{c['act_bits']}, "
+            f"per_channel={c['per_channel']}, observer={c['observer']!r}, "
+            f"{requant}, reduce_range={c['reduce_range']},",
+            f"  nbytes={self.nbytes:,} ({self.nbytes / fp32:.1%} of float32 {fp32:,}), "
+            f"packed_nbytes={self.packed_nbytes:,} ({self.packed_nbytes / fp32:.1%})",
+            f"  (input): {self.quantize!r}",
+        ]
+        lines += [f"  ({i}): {step.module!r}" for i, step in enumerate(self.steps)]
+        lines += [f"  (output): {self.dequantize!r}", ")"]
+        return "\n".join(lines)
