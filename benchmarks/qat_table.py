@@ -33,7 +33,7 @@ def _row(name: str, qmodel: ptq.QuantizedModel, X: np.ndarray, y: np.ndarray) ->
     return {
         "name": name,
         "accuracy": float(np.mean(int_pred == y)),
-        "bytes": qmodel.nbytes,
+        "bytes": qmodel.packed_nbytes,
         "agreement": float(np.mean(int_pred == sim_pred)),
     }
 
@@ -104,9 +104,10 @@ def table(rows: list[dict], timings: dict) -> str:
         "QAT: `prepare_qat` on the same float "
         f"model, {QAT_EPOCHS} epochs of Adam (lr {QAT_LR}, batch {QAT_BATCH}, seed {SEED}) on "
         "the 4,000 training images, BatchNorm frozen after "
-        f"{qat.FREEZE_BN_STEPS} steps, then `convert`. Model bytes: every array the integer "
-        "forward pass reads (codes stored one per int8 byte). Agreement: share of test "
-        "argmaxes equal between the integer model and its fake-quant simulation "
+        f"{qat.FREEZE_BN_STEPS} steps, then `convert`. Model bytes: the model stored with its "
+        "weight codes packed at weight_bits bits (`QuantizedModel.packed_nbytes`). "
+        "Agreement: share of test argmaxes equal between the integer model and its "
+        "fake-quant simulation "
         "(`QuantizedModel.simulate`), and for QAT between the integer model and the "
         "trained QAT model."
     )

@@ -45,6 +45,7 @@ _SUBMODULES = (
     "photo",
     "ptq",
     "qat",
+    "qmodel",
     "qnn",
     "quant",
     "torch_bridge",

@@ -53,7 +53,7 @@ def _quantized_row(name: str, qmodel, X: np.ndarray, y: np.ndarray) -> Row:
     return Row(
         name=name,
         accuracy=float(np.mean(int_pred == y)),
-        nbytes=qmodel.nbytes,
+        nbytes=qmodel.packed_nbytes,
         images_per_s=_throughput(qmodel, X),
         agreement=float(np.mean(int_pred == sim_pred)),
     )
