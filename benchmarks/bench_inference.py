@@ -5,9 +5,11 @@ Models, all built from the same pretrained ``small_cnn``:
 * ``int8 fixedpoint``: the integer-only minquant model (TFLite-style requantization);
 * ``int8 float-requant``: the integer-only minquant model with PyTorch-style requantization;
 * ``float minquant``: the float32 NumPy model (BatchNorm folded; im2col + BLAS);
-* ``torch x86 int8``: the same integer weights and quantization parameters as
-  ``int8 float-requant``, in ``torch.ao.nn.quantized`` modules on the x86 engine
-  (skipped when torch is not installed). Its outputs are checked bit for bit first.
+* ``torch fbgemm int8``: the same integer weights and quantization parameters as
+  ``int8 float-requant``, in ``torch.ao.nn.quantized`` modules
+  (:func:`minquant.torch_bridge.to_torch_quantized`, fbgemm: PyTorch's x86 engine on CPUs
+  without AVX512-VNNI; skipped when torch is not installed). Its outputs are checked bit for
+  bit.
 
 Every model runs once to warm up (Numba compiles), then the models take turns, ``--repeat``
 rounds; the best time of each is reported. Also printed: the time per layer of the integer
@@ -23,58 +25,9 @@ import warnings
 
 import numpy as np
 
-from minquant import models
+from minquant import models, torch_bridge
 from minquant.data import load_mnist
 from minquant.ptq import QuantizedModel, fold_batchnorm, quantize_model
-from minquant.qnn import QuantizedConv2d, QuantizedFlatten, QuantizedLinear, QuantizedMaxPool2d
-
-
-def torch_quantized(qmodel: QuantizedModel):
-    """The x86 ``torch.ao`` quantized twin of a ``requant="float"`` minquant model.
-
-    minquant stores activations as int8 with zero point ``z``; PyTorch as quint8 with
-    zero point ``z + 128`` (the same scale, every code plus 128).
-    """
-    import torch
-    from torch.ao.nn import intrinsic, quantized
-
-    # NOTE: torch.ao quantized tensors are deprecated upstream (a UserWarning per module).
-    warnings.filterwarnings("ignore", message=".*quantized tensor creation", category=UserWarning)
-
-    torch.backends.quantized.engine = "x86"
-    qp = qmodel.quantize.qparams
-    layers = [quantized.Quantize(qp.scale, qp.zero_point + 128, torch.quint8)]
-    for step in qmodel.steps:
-        m = step.module
-        if isinstance(m, (QuantizedConv2d, QuantizedLinear)):
-            w_q = m.w_packed.T  # (N, K) int8
-            w_scale = m.w_scale.astype(np.float64)  # (N,)
-            if isinstance(m, QuantizedConv2d):
-                k = m.kernel_size
-                w_q = w_q.reshape(m.out_channels, m.in_channels, k, k)
-                cls = intrinsic.quantized.ConvReLU2d if m.relu else quantized.Conv2d
-                layer = cls(m.in_channels, m.out_channels, k, stride=m.stride, padding=m.padding)
-            else:
-                cls = intrinsic.quantized.LinearReLU if m.relu else quantized.Linear
-                layer = cls(m.in_features, m.out_features)
-            w_t = torch._make_per_channel_quantized_tensor(
-                torch.tensor(np.ascontiguousarray(w_q)),
-                torch.tensor(w_scale),
-                torch.zeros(len(w_scale), dtype=torch.int64),
-                0,
-            )
-            layer.set_weight_bias(w_t, torch.tensor(m.bias))
-            layer.scale = float(step.qparams.scale)
-            layer.zero_point = step.qparams.zero_point + 128
-        elif isinstance(m, QuantizedMaxPool2d):
-            layer = torch.nn.MaxPool2d(m.kernel_size, m.stride)
-        elif isinstance(m, QuantizedFlatten):
-            layer = torch.nn.Flatten()
-        else:
-            raise TypeError(f"no torch twin for {m!r}")
-        layers.append(layer)
-    layers.append(quantized.DeQuantize())
-    return torch.nn.Sequential(*layers).eval()
 
 
 def _time(fn, X) -> float:
@@ -101,6 +54,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7, help="timed rounds per model")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args()
+    # NOTE: torch 2.13 deprecates its quantized tensors (one UserWarning); they are the baseline.
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation", category=UserWarning)
 
     X_calib, _ = load_mnist("train")
     X, y = load_mnist("test")  # (1000, 1, 28, 28)
@@ -119,14 +74,14 @@ def main() -> None:
     except ImportError:
         torch = None
     if torch is not None:
-        torch_model = torch_quantized(q_float)
+        torch_model = torch_bridge.to_torch_quantized(q_float, engine="fbgemm")
         X_t = torch.from_numpy(X)
 
         def run_torch(_: np.ndarray) -> np.ndarray:
             with torch.no_grad():
                 return torch_model(X_t).numpy()
 
-        runners["torch x86 int8"] = run_torch
+        runners["torch fbgemm int8"] = run_torch
         torch_logits = run_torch(X)
         checks["torch_bit_exact"] = bool(np.array_equal(torch_logits, q_float(X)))
 
@@ -140,9 +95,9 @@ def main() -> None:
     ratios["int8 float-requant / float minquant"] = (
         ips["int8 float-requant"] / ips["float minquant"]
     )
-    if "torch x86 int8" in ips:
+    if "torch fbgemm int8" in ips:
         for name in ("int8 fixedpoint", "int8 float-requant", "float minquant"):
-            ratios[f"{name} / torch x86 int8"] = ips[name] / ips["torch x86 int8"]
+            ratios[f"{name} / torch fbgemm int8"] = ips[name] / ips["torch fbgemm int8"]
     per_layer = layer_times(q_fixed, X, args.repeat)
     result = {
         "images": len(X),
