@@ -48,6 +48,7 @@ _SUBMODULES = (
     "qmodel",
     "qnn",
     "quant",
+    "requant",
     "torch_bridge",
     "train",
     "viz",
