@@ -147,6 +147,15 @@ class Dequantize(QuantizedModule):
         return f"scale={self.qparams.scale:.6g}, zero_point={self.qparams.zero_point}"
 
 
+def _check_accumulator(name: str, bound: int) -> None:
+    if bound > INT32_MAX:
+        raise ValueError(
+            f"{name}: the int32 accumulator could reach {bound:,} > 2^31 - 1 = {INT32_MAX:,} "
+            "(K inputs times the widest input code distance from the zero point times the "
+            "largest |w_q|, plus the bias); use fewer inputs per output or a narrower range"
+        )
+
+
 class _QuantizedGemm(QuantizedModule):
     """Shared core of Linear and Conv2d: int8 GEMM, zero-point correction, requantization."""
 
@@ -194,6 +203,11 @@ class _QuantizedGemm(QuantizedModule):
         self.clamp_min = max(y_qp.qmin, y_qp.zero_point) if relu else y_qp.qmin
         col_sums = w2d.sum(axis=1, dtype=np.int64)  # (N,)
         zp_correction = x_qp.zero_point * col_sums  # (N,): z_x * sum_k w_q
+        # NOTE: both styles compute sum_k (x - z_x) w_q (+ the int32 bias) in int32. Bound it
+        # by the widest |x - z_x| the input range allows times the largest |w_q|, so that an
+        # overflow is an error here, never a silent wrap at run time.
+        x_span = max(x_qp.qmax - x_qp.zero_point, x_qp.zero_point - x_qp.qmin)
+        acc_bound = k * x_span * int(np.abs(w2d.astype(np.int64)).max(initial=0))
         if requant == "fixedpoint":
             acc_scale = np.float64(x_qp.scale) * w_scale.astype(np.float64)  # (N,) s_x s_w
             # NOTE: TFLite folds bias and zero-point term into one int32 vector; the bias is
@@ -205,6 +219,7 @@ class _QuantizedGemm(QuantizedModule):
                     f"{name}: bias / (s_in * s_w) - z_in * sum(w_q) does not fit in int32 "
                     f"(range [{folded.min()}, {folded.max()}]); the weight scale is too small"
                 )
+            _check_accumulator(name, acc_bound + int(np.abs(bias_q).max(initial=0)))
             self.bias_q = bias_q.astype(np.int32)  # (N,) kept for the simulation
             self.bias_folded = folded.astype(np.int32)  # (N,)
             real_multiplier = acc_scale / np.float64(y_qp.scale)  # (N,) M = s_x s_w / s_y
@@ -214,6 +229,7 @@ class _QuantizedGemm(QuantizedModule):
         else:
             # NOTE: float32 product, as fbgemm's act_times_w_scale; the zero-point term is
             # subtracted in int32 and the float bias is added after conversion to float.
+            _check_accumulator(name, acc_bound)
             self.acc_scale = (np.float32(x_qp.scale) * w_scale).astype(np.float32)  # (N,)
             self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)  # (N,)
             self.zp_correction = zp_correction.astype(np.int32)  # (N,)
@@ -268,7 +284,7 @@ class _QuantizedGemm(QuantizedModule):
                 y_qp.qmax,
                 self.rounding,
             )
-        acc -= self.zp_correction  # (M, N) int32, exact: |acc| < 2^31 for K <= MAX_K
+        acc -= self.zp_correction  # (M, N) int32, exact: bounded when the layer was built
         return kernels.requantize_float(
             acc,
             self.bias,

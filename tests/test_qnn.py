@@ -170,6 +170,23 @@ def test_max_k_is_the_int32_accumulator_bound():
         QuantizedLinear(np.zeros((1, MAX_K + 1), np.int8), np.float32([1.0]), None, x_qp, x_qp)
 
 
+@pytest.mark.parametrize("requant", ["float", "fixedpoint"])
+def test_zero_point_corrected_accumulator_cannot_wrap(requant):
+    # sum_k (x - z_x) w: with z_x = -128 an input code 127 is 255 steps away, so K = 70,000
+    # weights of 127 could reach 70,000 * 255 * 127 = 2,266,950,000 > 2**31 - 1. Before the
+    # check, requant="float" silently returned -128 here (the int32 subtraction wrapped).
+    x_qp = QParams(scale=1.0, zero_point=-128, qmin=-128, qmax=127)
+    y_qp = QParams(scale=1e8, zero_point=0, qmin=-128, qmax=127)
+    w_q = np.full((1, 70_000), 127, np.int8)
+    with pytest.raises(ValueError, match=r"could reach 2,266,950,000 > 2\^31 - 1"):
+        QuantizedLinear(w_q, np.float32([1.0]), None, x_qp, y_qp, requant=requant)
+    # the largest K that is safe for these codes is accepted and gives the exact result
+    k_safe = (2**31 - 1) // (255 * 127)  # 66,311
+    layer = QuantizedLinear(w_q[:, :k_safe], np.float32([1.0]), None, x_qp, y_qp, requant=requant)
+    y_q = layer(np.full((1, k_safe), 127, np.int8))
+    assert y_q.tolist() == [[round(k_safe * 255 * 127 / 1e8)]]  # 21
+
+
 def test_bad_input():
     rng = np.random.default_rng(6)
     w_q, w_scale, bias, x_qp, y_qp = _random_layer_data(rng, 4, 6)
