@@ -118,13 +118,12 @@ def run_demo(cfg: DemoConfig) -> tuple[list[Row], dict[str, list[float]], pathli
 
 def _plot_summary(losses: list[float], rows: list[Row]):
     """Training loss per epoch, then test accuracy and model size of each model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # NOTE: a bare Figure needs no GUI backend (and leaves pyplot's state alone).
+    from matplotlib.figure import Figure
 
     names = [r.name for r in rows]
-    fig, (ax_loss, ax_acc, ax_bytes) = plt.subplots(1, 3, figsize=(12, 3.5))
+    fig = Figure(figsize=(12, 3.5))
+    ax_loss, ax_acc, ax_bytes = fig.subplots(1, 3)
     ax_loss.plot(np.arange(1, len(losses) + 1), losses, marker="o")
     ax_loss.set(title="float training", xlabel="epoch", ylabel="cross-entropy loss")
     ax_acc.bar(names, [100 * r.accuracy for r in rows], color=["#6d9dc5", "#81b29a", "#e07a5f"])
