@@ -11,7 +11,7 @@ import argparse
 import pathlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,7 +21,6 @@ class DemoConfig:
     epochs: int = 10  # float training epochs (as benchmarks/make_pretrained.py)
     qat_epochs: int = 2  # QAT fine-tuning epochs at W4A4 (as benchmarks/qat_table.py)
     seed: int = 0  # seeds the initialisation, shuffling and augmentation
-    quick: bool = False  # a 30-second tour on a subset, to check that everything runs
     out: pathlib.Path = pathlib.Path(".")  # where the plot is written
     train_size: int | None = None  # None: all 4,000 training digits
     calib_size: int = 1000  # calibration images for PTQ
@@ -122,13 +121,14 @@ def _plot_summary(losses: list[float], rows: list[Row]):
     from matplotlib.figure import Figure
 
     names = [r.name for r in rows]
+    colors = ["#6d9dc5", "#81b29a", "#e07a5f"]
     fig = Figure(figsize=(12, 3.5))
     ax_loss, ax_acc, ax_bytes = fig.subplots(1, 3)
     ax_loss.plot(np.arange(1, len(losses) + 1), losses, marker="o")
     ax_loss.set(title="float training", xlabel="epoch", ylabel="cross-entropy loss")
-    ax_acc.bar(names, [100 * r.accuracy for r in rows], color=["#6d9dc5", "#81b29a", "#e07a5f"])
+    ax_acc.bar(names, [100 * r.accuracy for r in rows], color=colors)
     ax_acc.set(title="test accuracy (%)", ylim=(min(80, 100 * min(r.accuracy for r in rows)), 100))
-    ax_bytes.bar(names, [r.nbytes / 1024 for r in rows], color=["#6d9dc5", "#81b29a", "#e07a5f"])
+    ax_bytes.bar(names, [r.nbytes / 1024 for r in rows], color=colors)
     ax_bytes.set(title="model size (KiB)")
     fig.tight_layout()
     return fig
@@ -179,15 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = DemoConfig(epochs=args.epochs, qat_epochs=args.qat_epochs, seed=args.seed, out=args.out)
     if args.quick:
         # NOTE: 1 epoch on 1,000 digits: far from the full accuracy, but every stage runs.
-        cfg = DemoConfig(
-            epochs=1,
-            qat_epochs=1,
-            seed=args.seed,
-            out=args.out,
-            quick=True,
-            train_size=1000,
-            calib_size=200,
-        )
+        cfg = replace(cfg, epochs=1, qat_epochs=1, train_size=1000, calib_size=200)
     start = time.perf_counter()
     rows, _, plot_path = run_demo(cfg)
     print()

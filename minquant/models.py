@@ -5,6 +5,9 @@ ship with the package, made by ``benchmarks/make_pretrained.py``), so that quant
 experiments need not train a model first.
 """
 
+import pathlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 
 import numpy as np
@@ -70,6 +73,15 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+@contextmanager
+def _pretrained_path(name: str) -> Iterator[pathlib.Path]:
+    """The packaged weight file of the pretrained model ``name``, as a filesystem path."""
+    if name not in PRETRAINED:
+        raise ValueError(f"name must be one of {sorted(PRETRAINED)}, got {name!r}")
+    with resources.as_file(resources.files("minquant").joinpath(PRETRAINED[name])) as path:
+        yield path
+
+
 def load_pretrained(name: str = "small_cnn") -> nn.Sequential:
     """The packaged float model, trained on the bundled MNIST subset, in eval mode.
 
@@ -83,9 +95,7 @@ def load_pretrained(name: str = "small_cnn") -> nn.Sequential:
     """
     from minquant.train import load, read_metadata
 
-    if name not in PRETRAINED:
-        raise ValueError(f"name must be one of {sorted(PRETRAINED)}, got {name!r}")
-    with resources.as_file(resources.files("minquant").joinpath(PRETRAINED[name])) as path:
+    with _pretrained_path(name) as path:
         meta = read_metadata(path)
         # NOTE: the rng only fills weights that load() overwrites at once.
         model = small_cnn(rng=np.random.default_rng(0), c1=meta["c1"], c2=meta["c2"])
@@ -97,7 +107,5 @@ def pretrained_accuracy(name: str = "small_cnn") -> float:
     """Test accuracy (on ``load_mnist("test")``) recorded when the packaged weights were made."""
     from minquant.train import read_metadata
 
-    if name not in PRETRAINED:
-        raise ValueError(f"name must be one of {sorted(PRETRAINED)}, got {name!r}")
-    with resources.as_file(resources.files("minquant").joinpath(PRETRAINED[name])) as path:
+    with _pretrained_path(name) as path:
         return float(read_metadata(path)["test_accuracy"])
