@@ -60,6 +60,8 @@ def fit(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if (X_val is None) != (y_val is None):
+        raise ValueError("X_val and y_val must be given together (or neither)")
     rng = np.random.default_rng() if rng is None else rng
     optimizer = nn.Adam(model.parameters(), lr=lr) if optimizer is None else optimizer
     history: dict[str, list[float]] = {"loss": [], "accuracy": [], "seconds": []}

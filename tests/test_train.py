@@ -90,6 +90,14 @@ def test_fit_rejects_zero_epochs():
         fit(mlp(), X, y, epochs=0)
 
 
+def test_fit_needs_validation_inputs_and_labels_together():
+    X, y = _subset(8)
+    with pytest.raises(ValueError, match="X_val and y_val must be given together"):
+        fit(mlp(), X, y, epochs=1, X_val=X)
+    with pytest.raises(ValueError, match="X_val and y_val must be given together"):
+        fit(mlp(), X, y, epochs=1, y_val=y)
+
+
 def test_evaluate_restores_the_mode_and_matches_predict():
     X, y = _subset(50)
     model = small_cnn(rng=np.random.default_rng(0), c1=2, c2=4).train()
