@@ -47,14 +47,19 @@ MC = 32
 PANEL_BYTES = 256 * 1024
 
 
+def _check_int8(name: str, x: np.ndarray, ndim: int) -> None:
+    """Raise TypeError / ValueError unless ``x`` is an int8 ndarray with ``ndim`` dimensions."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.int8:
+        dtype = getattr(x, "dtype", type(x).__name__)
+        raise TypeError(f"{name} must be an int8 ndarray, got {dtype}")
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
+
+
 def check_matmul_int8(a_q: np.ndarray, b_q: np.ndarray) -> None:
     """Raise TypeError / ValueError unless ``a_q`` (M, K) @ ``b_q`` (K, N) is a valid int8 GEMM."""
-    for name, x in (("a_q", a_q), ("b_q", b_q)):
-        if not isinstance(x, np.ndarray) or x.dtype != np.int8:
-            dtype = getattr(x, "dtype", type(x).__name__)
-            raise TypeError(f"{name} must be an int8 ndarray, got {dtype}")
-        if x.ndim != 2:
-            raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
+    _check_int8("a_q", a_q, ndim=2)
+    _check_int8("b_q", b_q, ndim=2)
     if a_q.shape[1] != b_q.shape[0]:
         raise ValueError(
             f"inner dimensions differ: a_q {a_q.shape} (M, K) and b_q {b_q.shape} (K, N)"

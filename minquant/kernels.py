@@ -25,7 +25,7 @@ References:
 import numpy as np
 from numba import njit, prange
 
-from minquant.gemm import MAX_K, check_matmul_int8, matmul_int8, matmul_int8_ref
+from minquant.gemm import MAX_K, _check_int8, check_matmul_int8, matmul_int8, matmul_int8_ref
 from minquant.requant import (
     requantize_fixedpoint,
     requantize_fixedpoint_ref,
@@ -54,13 +54,6 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     if len(pair) != 2 or any(int(v) != v or v < 0 for v in pair):
         raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
     return int(pair[0]), int(pair[1])
-
-
-def _check_int8(name: str, x: np.ndarray, ndim: int) -> None:
-    if not isinstance(x, np.ndarray) or x.dtype != np.int8:
-        raise TypeError(f"{name} must be an int8 ndarray, got {getattr(x, 'dtype', type(x))}")
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
 
 
 def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
