@@ -154,8 +154,8 @@ def requantize_fixedpoint(
     """
     if rounding not in ROUNDING_MODES:
         raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
-    n = acc.shape[1] if isinstance(acc, np.ndarray) and acc.ndim == 2 else 0
     bias_q = _check_requant(acc, bias_q, "bias_q", np.int64)
+    n = acc.shape[1]
     multiplier = _per_channel(multiplier, n, "multiplier", np.int64)
     shift = _per_channel(shift, n, "shift", np.int64)
     _check_clamp(zero_point_out, qmin, qmax)
@@ -171,9 +171,8 @@ def requantize_fixedpoint(
 
 def _float_requant_params(acc, bias, acc_scale, out_scale):
     """float32 per-channel ``bias / acc_scale`` and ``acc_scale / out_scale``, as fbgemm."""
-    n = acc.shape[1] if isinstance(acc, np.ndarray) and acc.ndim == 2 else 0
     bias = _check_requant(acc, bias, "bias", np.float32)
-    acc_scale = _per_channel(acc_scale, n, "acc_scale", np.float32)
+    acc_scale = _per_channel(acc_scale, acc.shape[1], "acc_scale", np.float32)
     out_scale = np.float32(out_scale)
     if not (np.all(np.isfinite(acc_scale)) and np.isfinite(out_scale)):
         raise ValueError(f"acc_scale and out_scale must be finite, got {acc_scale}, {out_scale}")
