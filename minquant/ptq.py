@@ -269,7 +269,7 @@ def convert_group(
         axis_scale = w_scale.reshape(-1, *[1] * (w_q.ndim - 1))  # (C, 1, ...) or (1, 1, ...)
         sim.weight = nn.Parameter(w_q.astype(np.float32) * axis_scale)
         if requant == "fixedpoint":
-            acc_scale = np.float64(x_qp.scale) * np.broadcast_to(w_scale, (w_q.shape[0],))
+            acc_scale = np.float64(x_qp.scale) * module.w_scale  # (N,) s_x s_w, as the module
             sim.bias = nn.Parameter(module.bias_q * acc_scale)
         return module, sim
     if isinstance(layer, nn.MaxPool2d):
