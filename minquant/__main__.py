@@ -166,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=defaults.epochs, help="float epochs")
     demo.add_argument("--qat-epochs", type=int, default=defaults.qat_epochs)
     demo.add_argument("--seed", type=int, default=defaults.seed)
-    demo.add_argument("--quick", action="store_true", help="a quick tour on a subset (about 30 s)")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="a quick tour: 1 epoch each on 1,000 digits, overriding --epochs/--qat-epochs",
+    )
     demo.add_argument("--out", type=pathlib.Path, default=defaults.out, help="folder for the plot")
     return parser
 
