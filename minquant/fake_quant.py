@@ -82,8 +82,8 @@ def fake_quantize_with_mask(
     # NOTE: the zero point is added *after* rounding, and the mask is taken before clipping.
     q = zero_point + np.rint(x * inv_scale).astype(np.int64)  # unclipped codes
     mask = (q >= qmin) & (q <= qmax)
-    x_hat = (np.clip(q, qmin, qmax) - zero_point).astype(np.float32) * scale
-    return x_hat.astype(np.float32), mask
+    x_hat = (np.clip(q, qmin, qmax) - zero_point).astype(np.float32) * scale  # float32
+    return x_hat, mask
 
 
 def _channel_view(p: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
@@ -221,8 +221,12 @@ class FakeQuantize(Module):
         self.num_bits, self.signed, self.symmetric = int(num_bits), signed, symmetric
         self.axis, self.learnable, self.narrow_range = axis, learnable, narrow_range
         observer = _default_observer(axis) if observer is None else observer
-        kwargs = {"num_bits": num_bits, "signed": signed, "symmetric": symmetric}
-        kwargs["narrow_range"] = narrow_range
+        kwargs = {
+            "num_bits": num_bits,
+            "signed": signed,
+            "symmetric": symmetric,
+            "narrow_range": narrow_range,
+        }
         if axis is not None:
             kwargs["axis"] = axis
         self.observer = observer(**kwargs)

@@ -43,8 +43,8 @@ from functools import partial
 
 import numpy as np
 
-from minquant import nn, observers, ptq
-from minquant.fake_quant import FakeQuantize
+from minquant import nn, ptq
+from minquant.fake_quant import FakeQuantize, _default_observer
 from minquant.quant import quantize
 
 #: Training steps after which BatchNorm statistics are frozen (PyTorch's QAT recipes freeze
@@ -55,17 +55,13 @@ FREEZE_BN_STEPS = 50
 def _weight_fake_quant(weight_bits: int, per_channel: bool, learnable: bool) -> FakeQuantize:
     # NOTE: averaging_constant=1 makes the weight range the *current* max |w| at every step:
     # the scale follows the weights exactly (a lagging moving average would clip them).
-    observer_cls = (
-        observers.MovingAveragePerChannelMinMaxObserver
-        if per_channel
-        else observers.MovingAverageMinMaxObserver
-    )
+    axis = 0 if per_channel else None
     return FakeQuantize(
         num_bits=weight_bits,
         signed=True,
         symmetric=True,
-        axis=0 if per_channel else None,
-        observer=partial(observer_cls, averaging_constant=1.0),
+        axis=axis,
+        observer=partial(_default_observer(axis), averaging_constant=1.0),
         learnable=learnable,
         narrow_range=True,
     )
@@ -238,11 +234,6 @@ class QATConvBn2d(nn.Module):
         return dx  # (N, C_in, H, W)
 
 
-def _check_bits(name: str, bits: int) -> int:
-    # NOTE: the integer model stores int8, so 2..8 bits (the error names the argument).
-    return ptq.check_bits(name, bits)
-
-
 def prepare_qat(
     model: nn.Sequential,
     weight_bits: int = 4,
@@ -268,8 +259,8 @@ def prepare_qat(
     ['FakeQuantize', 'QATConvBn2d', 'ReLU', 'FakeQuantize', 'MaxPool2d']
     """
     layers = ptq.check_sequential(model)
-    weight_bits = _check_bits("weight_bits", weight_bits)
-    act_bits = _check_bits("act_bits", act_bits)
+    weight_bits = ptq.check_bits("weight_bits", weight_bits)
+    act_bits = ptq.check_bits("act_bits", act_bits)
     if int(freeze_bn_steps) != freeze_bn_steps or freeze_bn_steps < 0:
         raise ValueError(f"freeze_bn_steps must be an int >= 0, got {freeze_bn_steps!r}")
     layers = [copy.deepcopy(layer) for layer in layers]
