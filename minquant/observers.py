@@ -304,6 +304,9 @@ class HistogramObserver(_HistogramBase):
 
     See :func:`~minquant.calibration.l2_range_search`; the search assumes
     $2^{\text{num\_bits}}$ quantization steps, as PyTorch (256 for 8 bits).
+    NOTE: ``num_bits`` here is that of the range actually used (128 steps with
+    ``reduce_range``, 16 at 4 bits); PyTorch always takes $2^8$ from the 8-bit dtype, so with
+    ``reduce_range`` or a narrower custom range the two searches (deliberately) differ.
 
     >>> rng = np.random.default_rng(0)
     >>> obs = HistogramObserver(); _ = obs(rng.standard_normal(10_000))
