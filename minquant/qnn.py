@@ -48,6 +48,10 @@ REQUANT_MODES = ("fixedpoint", "float")
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
+#: Convolutions with at most this many inputs per output (C * k * k) skip im2col: a direct
+#: loop is faster when K is too short to fill the GEMM's vectorised k loop (conv1: K = 9).
+DIRECT_CONV_MAX_K = 32
+
 
 @dataclass(frozen=True)
 class QParams:
@@ -391,10 +395,28 @@ class QuantizedConv2d(_QuantizedGemm):
         k, s, p = self.kernel_size, self.stride, self.padding
         h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         pad_value = self.input_qparams.zero_point
+        if self.in_features <= DIRECT_CONV_MAX_K:
+            return self._direct_conv(x_q)  # (N, O, Ho, Wo)
         cols = kernels.im2col_int8(x_q, k, s, p, pad_value)  # (N*Ho*Wo, C*k*k)
         y_q = self._gemm_requantize(cols)  # (N*Ho*Wo, O)
         y_q = y_q.reshape(n, h_out, w_out, self.out_channels)  # (N, Ho, Wo, O)
         return np.ascontiguousarray(y_q.transpose(0, 3, 1, 2))  # (N, O, Ho, Wo)
+
+    def _direct_conv(self, x_q: np.ndarray) -> np.ndarray:
+        """The same integers in one fused pass: no im2col, no int32 array, no transpose."""
+        w_q = self.w_packed.T.reshape(self.out_channels, self.in_channels, self.kernel_size, -1)
+        y_qp, pad_value = self.output_qparams, self.input_qparams.zero_point
+        geometry = (self.stride, self.padding, pad_value)
+        clamp = (y_qp.zero_point, self.clamp_min, y_qp.qmax)
+        if self.requant == "fixedpoint":
+            return kernels.conv2d_requantize_fixedpoint(
+                x_q, w_q, self.bias_folded, self.multiplier, self.shift, *geometry, *clamp,
+                self.rounding,
+            )  # fmt: skip
+        return kernels.conv2d_requantize_float(
+            x_q, w_q, self.zp_correction, self.bias, self.acc_scale, np.float32(y_qp.scale),
+            *geometry, *clamp,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return (

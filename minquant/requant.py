@@ -97,18 +97,26 @@ def _mbqm_single_scalar(x, multiplier, shift):
     return (x * multiplier + (np.int64(1) << (total_shift - 1))) >> total_shift
 
 
+@njit(cache=True)
+def _requant_fixedpoint_scalar(acc, bias, multiplier, shift, zero_point_out, qmin, qmax, single):
+    """One int32 accumulator -> one int8 code, fixed point (shared with the fused kernels)."""
+    x = np.int64(acc) + bias
+    if single:
+        y = _mbqm_single_scalar(x, multiplier, shift)
+    else:
+        y = _mbqm_scalar(x, multiplier, shift)
+    return min(max(y + zero_point_out, qmin), qmax)
+
+
 def _requantize_fixedpoint_py(
     acc, bias, multiplier, shift, zero_point_out, qmin, qmax, single, out
 ):
     m, n = acc.shape
     for i in prange(m):
         for j in range(n):
-            x = np.int64(acc[i, j]) + bias[j]
-            if single:
-                y = _mbqm_single_scalar(x, multiplier[j], shift[j])
-            else:
-                y = _mbqm_scalar(x, multiplier[j], shift[j])
-            out[i, j] = min(max(y + zero_point_out, qmin), qmax)
+            out[i, j] = _requant_fixedpoint_scalar(
+                acc[i, j], bias[j], multiplier[j], shift[j], zero_point_out, qmin, qmax, single
+            )
 
 
 _requantize_fixedpoint_kernel = njit(cache=True, parallel=True)(_requantize_fixedpoint_py)
@@ -204,15 +212,23 @@ def requantize_float_ref(
     return np.clip(y, qmin, qmax).astype(np.int8)
 
 
+@njit(cache=True)
+def _requant_float_scalar(acc, bias_over_scale, multiplier, zero_point_out, qmin, qmax):
+    """One int32 accumulator -> one int8 code, float32 (shared with the fused kernels)."""
+    # NOTE: every step is float32 (int32 -> float32 rounds to nearest for |acc| > 2**24,
+    # like cvtdq2ps), and rint rounds half to even, like lrintf / cvtps2dq.
+    x = np.float32(acc) + bias_over_scale
+    y = np.int64(np.rint(np.float32(x * multiplier))) + zero_point_out
+    return min(max(y, qmin), qmax)
+
+
 def _requantize_float_py(acc, bias_over_scale, multiplier, zero_point_out, qmin, qmax, out):
     m, n = acc.shape
     for i in prange(m):
         for j in range(n):
-            # NOTE: every step is float32 (int32 -> float32 rounds to nearest for |acc| > 2**24,
-            # like cvtdq2ps), and rint rounds half to even, like lrintf / cvtps2dq.
-            x = np.float32(acc[i, j]) + bias_over_scale[j]
-            y = np.int64(np.rint(np.float32(x * multiplier[j]))) + zero_point_out
-            out[i, j] = min(max(y, qmin), qmax)
+            out[i, j] = _requant_float_scalar(
+                acc[i, j], bias_over_scale[j], multiplier[j], zero_point_out, qmin, qmax
+            )
 
 
 _requantize_float_kernel = njit(cache=True, parallel=True)(_requantize_float_py)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from minquant import qnn
 from minquant.qnn import (
     MAX_K,
     Dequantize,
@@ -90,6 +91,21 @@ def test_conv2d_matches_float_computation(relu, requant, rounding):
     _assert_close_to_ideal(out, ideal)
     if relu:
         assert out.min() >= y_qp.zero_point
+
+
+@pytest.mark.parametrize(("requant", "rounding"), REQUANT_ROUNDING)
+@pytest.mark.parametrize(("c_in", "stride"), [(1, 1), (3, 2), (6, 1)])
+def test_conv2d_direct_and_im2col_paths_agree(monkeypatch, requant, rounding, c_in, stride):
+    rng = np.random.default_rng(c_in)
+    w_q, w_scale, bias, x_qp, y_qp = _random_layer_data(rng, 5, c_in * 3 * 3)
+    w_q = w_q.reshape(5, c_in, 3, 3)
+    x_q = rng.integers(-128, 128, size=(3, c_in, 9, 8)).astype(np.int8)
+    kwargs = dict(stride=stride, padding=1, relu=True, requant=requant, rounding=rounding)
+    conv = QuantizedConv2d(w_q, w_scale, bias, x_qp, y_qp, **kwargs)
+    monkeypatch.setattr(qnn, "DIRECT_CONV_MAX_K", 0)  # every convolution: im2col + GEMM
+    via_gemm = conv(x_q)
+    monkeypatch.setattr(qnn, "DIRECT_CONV_MAX_K", MAX_K)  # every convolution: direct
+    np.testing.assert_array_equal(conv(x_q), via_gemm)
 
 
 def test_conv2d_stride_and_no_bias():
