@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "calibration",
     "data",
+    "directconv",
     "fake_quant",
     "fixedpoint",
     "formats",
@@ -47,6 +48,7 @@ _SUBMODULES = (
     "qat",
     "qmodel",
     "qnn",
+    "qnn_base",
     "quant",
     "requant",
     "torch_bridge",

@@ -12,7 +12,8 @@ as plain Python (``_name_py``) and compiled with ``njit(cache=True)``: with
 Nothing is compiled at import time; the first call compiles (and caches) each kernel.
 
 The int8 GEMM lives in :mod:`minquant.gemm` and the requantization kernels in
-:mod:`minquant.requant`; both are re-exported here.
+:mod:`minquant.requant`; both are re-exported here. The fused direct convolution (no im2col)
+lives in :mod:`minquant.directconv`, which builds on the geometry helpers of this module.
 
 References:
 
@@ -25,15 +26,8 @@ References:
 import numpy as np
 from numba import njit, prange
 
-from minquant.fixedpoint import ROUNDING_MODES
 from minquant.gemm import MAX_K, _check_int8, check_matmul_int8, matmul_int8, matmul_int8_ref
 from minquant.requant import (
-    _check_clamp,
-    _check_requant,
-    _float_requant_params,
-    _per_channel,
-    _requant_fixedpoint_scalar,
-    _requant_float_scalar,
     requantize_fixedpoint,
     requantize_fixedpoint_ref,
     requantize_float,
@@ -43,10 +37,6 @@ from minquant.requant import (
 __all__ = [
     "MAX_K",
     "check_matmul_int8",
-    "conv2d_requantize_fixedpoint",
-    "conv2d_requantize_fixedpoint_ref",
-    "conv2d_requantize_float",
-    "conv2d_requantize_float_ref",
     "im2col_int8",
     "im2col_int8_ref",
     "matmul_int8",
@@ -207,212 +197,4 @@ def maxpool2d_int8(
     (kh, kw), (sh, sw), _, (h_out, w_out) = _conv_geometry(x_q, kernel_size, stride, 0)
     out = np.empty((x_q.shape[0], x_q.shape[1], h_out, w_out), dtype=np.int8)
     _maxpool2d_int8_kernel(np.ascontiguousarray(x_q), kh, kw, sh, sw, out)
-    return out
-
-
-# ---- fused convolution + requantization --------------------------------------------------
-#
-# A direct convolution: no im2col matrix, no int32 accumulator array and no NHWC -> NCHW
-# transpose ever reach memory. Each work item is one image; for every output row it fills an
-# L1-sized accumulator (Wo, O), then requantizes it straight into the NCHW output.
-
-
-def _conv_row_acc(xp, w, b, oy, sh, sw, kh, kw, acc):
-    """acc (Wo, O) int32 = output row ``oy`` of image ``b``: $\\sum_{c,dy,dx} x\\, w$.
-
-    ``xp`` is the padded input (N, C, Hp, Wp) int8 and ``w`` the weights (C*kh*kw, O) int32.
-    """
-    c_in = xp.shape[1]
-    w_out, o_dim = acc.shape
-    for ox in range(w_out):
-        row = acc[ox]  # (O,)
-        row[:] = 0
-        tap = 0
-        for ch in range(c_in):
-            for dy in range(kh):
-                for dx in range(kw):
-                    xv = np.int32(xp[b, ch, oy * sh + dy, ox * sw + dx])
-                    # NOTE: the inner loop runs over output channels, contiguous in w and
-                    # acc, so LLVM vectorises it with xv broadcast; it stays int32.
-                    for o in range(o_dim):
-                        row[o] = np.int32(row[o] + xv * w[tap, o])
-                    tap += 1
-
-
-_conv_row_acc_kernel = njit(cache=True)(_conv_row_acc)
-
-
-def _conv2d_requantize_fixedpoint_py(
-    xp, w, sh, sw, kh, kw, bias, multiplier, shift, zero_point_out, qmin, qmax, single, out
-):
-    n, o_dim, h_out, w_out = out.shape
-    for b in prange(n):
-        acc = np.empty((w_out, o_dim), dtype=np.int32)  # one output row, all channels
-        for oy in range(h_out):
-            _conv_row_acc_kernel(xp, w, b, oy, sh, sw, kh, kw, acc)
-            for o in range(o_dim):
-                for ox in range(w_out):
-                    out[b, o, oy, ox] = _requant_fixedpoint_scalar(
-                        acc[ox, o], bias[o], multiplier[o], shift[o],
-                        zero_point_out, qmin, qmax, single,
-                    )  # fmt: skip
-
-
-_conv2d_requantize_fixedpoint_kernel = njit(cache=True, parallel=True)(
-    _conv2d_requantize_fixedpoint_py
-)
-
-
-def _conv2d_requantize_float_py(
-    xp, w, sh, sw, kh, kw, zp_correction, bias_over_scale, multiplier, zero_point_out, qmin,
-    qmax, out,
-):  # fmt: skip
-    n, o_dim, h_out, w_out = out.shape
-    for b in prange(n):
-        acc = np.empty((w_out, o_dim), dtype=np.int32)  # one output row, all channels
-        for oy in range(h_out):
-            _conv_row_acc_kernel(xp, w, b, oy, sh, sw, kh, kw, acc)
-            for o in range(o_dim):
-                for ox in range(w_out):
-                    centred = np.int32(acc[ox, o] - zp_correction[o])
-                    out[b, o, oy, ox] = _requant_float_scalar(
-                        centred, bias_over_scale[o], multiplier[o], zero_point_out, qmin, qmax
-                    )
-
-
-_conv2d_requantize_float_kernel = njit(cache=True, parallel=True)(_conv2d_requantize_float_py)
-
-
-def _conv_inputs(x_q, w_q, stride, padding, pad_value):
-    """Checked, padded input (N, C, Hp, Wp), int32 weights (C*kh*kw, O) and the output shape."""
-    _check_int8("w_q", w_q, ndim=4)
-    if x_q.ndim == 4 and w_q.shape[1] != x_q.shape[1]:
-        raise ValueError(f"w_q {w_q.shape} (O, C, kh, kw) does not match x_q {x_q.shape}")
-    kernel = w_q.shape[2:]
-    (kh, kw), (sh, sw), (ph, pw), (h_out, w_out) = _conv_geometry(x_q, kernel, stride, padding)
-    if not -128 <= pad_value <= 127:
-        raise ValueError(f"pad_value must be an int8 value in [-128, 127], got {pad_value}")
-    if w_q.shape[1] * kh * kw > MAX_K:
-        raise ValueError(f"K = C*kh*kw = {w_q.shape[1] * kh * kw} > {MAX_K}: could overflow")
-    xp = np.pad(x_q, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-    w = np.ascontiguousarray(w_q.reshape(w_q.shape[0], -1).T, dtype=np.int32)  # (K, O)
-    out = np.empty((x_q.shape[0], w_q.shape[0], h_out, w_out), dtype=np.int8)  # (N, O, Ho, Wo)
-    return xp, w, (kh, kw), (sh, sw), out
-
-
-def _conv_via_gemm(x_q, w_q, stride, padding, pad_value):
-    """Reference accumulator: im2col, exact GEMM; int32 (N*Ho*Wo, O) and the NCHW shape."""
-    cols = im2col_int8_ref(x_q, w_q.shape[2:], stride, padding, pad_value)  # (N*Ho*Wo, K)
-    acc = matmul_int8_ref(cols, w_q.reshape(w_q.shape[0], -1).T)  # (N*Ho*Wo, O)
-    _, _, _, (h_out, w_out) = _conv_geometry(x_q, w_q.shape[2:], stride, padding)
-    return acc, (x_q.shape[0], h_out, w_out, w_q.shape[0])
-
-
-def conv2d_requantize_fixedpoint_ref(
-    x_q, w_q, bias_q, multiplier, shift, stride, padding, pad_value, zero_point_out, qmin, qmax,
-    rounding="double",
-):  # fmt: skip
-    """NumPy reference of :func:`conv2d_requantize_fixedpoint`: im2col, GEMM, requantize."""
-    acc, nhwo = _conv_via_gemm(x_q, w_q, stride, padding, pad_value)
-    y = requantize_fixedpoint_ref(
-        acc, bias_q, multiplier, shift, zero_point_out, qmin, qmax, rounding
-    )  # (N*Ho*Wo, O)
-    return np.ascontiguousarray(y.reshape(nhwo).transpose(0, 3, 1, 2))  # (N, O, Ho, Wo)
-
-
-def conv2d_requantize_fixedpoint(
-    x_q: np.ndarray,
-    w_q: np.ndarray,
-    bias_q: np.ndarray | None,
-    multiplier: np.ndarray | int,
-    shift: np.ndarray | int,
-    stride: int | tuple[int, int],
-    padding: int | tuple[int, int],
-    pad_value: int,
-    zero_point_out: int,
-    qmin: int,
-    qmax: int,
-    rounding: str = "double",
-) -> np.ndarray:
-    r"""Fused int8 convolution and fixed-point requantization, one parallel pass.
-
-    $$y_q[n, o, i, j] = \mathrm{clip}\Big(z_{out} + \mathrm{MBQM}\big(\textstyle\sum_{c, dy, dx}
-    x_q[n, c, i s + dy, j s + dx]\, w_q[o, c, dy, dx] + b_q[o]\big),\ q_{min},\ q_{max}\Big)$$
-
-    with the input padded by ``pad_value`` (the input zero point). Equal, bit for bit, to
-    :func:`im2col_int8` -> :func:`matmul_int8` -> :func:`requantize_fixedpoint` -> NCHW, but
-    the int32 accumulators only ever live in one small row buffer per core.
-    ``x_q`` int8 (N, C, H, W), ``w_q`` int8 (O, C, kh, kw); returns int8 (N, O, Ho, Wo).
-
-    >>> x_q = np.arange(9, dtype=np.int8).reshape(1, 1, 3, 3)
-    >>> w_q = np.ones((1, 1, 2, 2), dtype=np.int8)
-    >>> conv2d_requantize_fixedpoint(x_q, w_q, None, 1 << 30, 0, 1, 0, 0, 0, -128, 127)[0, 0]
-    array([[ 4,  6],
-           [10, 12]], dtype=int8)
-    """
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
-    _check_int8("x_q", x_q, ndim=4)
-    xp, w, (kh, kw), (sh, sw), out = _conv_inputs(x_q, w_q, stride, padding, pad_value)
-    n_out = w.shape[1]
-    bias_q = _check_requant(np.empty((0, n_out), np.int32), bias_q, "bias_q", np.int64)
-    multiplier = _per_channel(multiplier, n_out, "multiplier", np.int64)
-    shift = _per_channel(shift, n_out, "shift", np.int64)
-    _check_clamp(zero_point_out, qmin, qmax)
-    _conv2d_requantize_fixedpoint_kernel(
-        xp, w, sh, sw, kh, kw, bias_q, multiplier, shift,
-        int(zero_point_out), int(qmin), int(qmax), rounding == "single", out,
-    )  # fmt: skip
-    return out
-
-
-def conv2d_requantize_float_ref(
-    x_q, w_q, zp_correction, bias, acc_scale, out_scale, stride, padding, pad_value,
-    zero_point_out, qmin, qmax,
-):  # fmt: skip
-    """NumPy reference of :func:`conv2d_requantize_float`: im2col, GEMM, requantize."""
-    acc, nhwo = _conv_via_gemm(x_q, w_q, stride, padding, pad_value)
-    acc = acc - np.asarray(zp_correction, dtype=np.int32)  # (N*Ho*Wo, O)
-    y = requantize_float_ref(acc, bias, acc_scale, out_scale, zero_point_out, qmin, qmax)
-    return np.ascontiguousarray(y.reshape(nhwo).transpose(0, 3, 1, 2))  # (N, O, Ho, Wo)
-
-
-def conv2d_requantize_float(
-    x_q: np.ndarray,
-    w_q: np.ndarray,
-    zp_correction: np.ndarray,
-    bias: np.ndarray | None,
-    acc_scale: np.ndarray | float,
-    out_scale: float,
-    stride: int | tuple[int, int],
-    padding: int | tuple[int, int],
-    pad_value: int,
-    zero_point_out: int,
-    qmin: int,
-    qmax: int,
-) -> np.ndarray:
-    r"""Fused int8 convolution and float32 (PyTorch x86) requantization, one parallel pass.
-
-    The accumulator of :func:`conv2d_requantize_fixedpoint`, minus ``zp_correction`` (int32
-    (O,): $z_{in} \sum w_q$), requantized as :func:`requantize_float`. Returns int8
-    (N, O, Ho, Wo), bit-exact with the im2col -> GEMM -> :func:`requantize_float` pipeline.
-
-    >>> x_q = np.arange(9, dtype=np.int8).reshape(1, 1, 3, 3)
-    >>> w_q = np.ones((1, 1, 2, 2), dtype=np.int8)
-    >>> zp = np.zeros(1, np.int32)
-    >>> conv2d_requantize_float(x_q, w_q, zp, None, 0.5, 1.0, 1, 0, 0, 0, -128, 127)[0, 0]
-    array([[ 4,  6],
-           [10, 12]], dtype=int8)
-    """
-    _check_int8("x_q", x_q, ndim=4)
-    xp, w, (kh, kw), (sh, sw), out = _conv_inputs(x_q, w_q, stride, padding, pad_value)
-    n_out = w.shape[1]
-    empty = np.empty((0, n_out), np.int32)
-    bias_over_scale, multiplier = _float_requant_params(empty, bias, acc_scale, out_scale)
-    zp_correction = _per_channel(zp_correction, n_out, "zp_correction", np.int32)
-    _check_clamp(zero_point_out, qmin, qmax)
-    _conv2d_requantize_float_kernel(
-        xp, w, sh, sw, kh, kw, zp_correction, bias_over_scale, multiplier,
-        int(zero_point_out), int(qmin), int(qmax), out,
-    )  # fmt: skip
     return out

@@ -6,9 +6,7 @@ import pytest
 from minquant import qnn
 from minquant.qnn import (
     MAX_K,
-    Dequantize,
     QParams,
-    Quantize,
     QuantizedConv2d,
     QuantizedFlatten,
     QuantizedLinear,
@@ -124,12 +122,8 @@ def test_conv2d_stride_and_no_bias():
     _assert_close_to_ideal(out, _ideal_requantize(y, y_qp))
 
 
-def test_edges_pool_flatten_relu():
-    qp = QParams(scale=0.1, zero_point=-3, qmin=-128, qmax=127)
-    x = np.array([[-1.0, 0.0, 0.26, 100.0]], dtype=np.float32)
-    x_q = Quantize(qp)(x)
-    assert x_q.dtype == np.int8 and x_q.tolist() == [[-13, -3, -0, 127]]
-    np.testing.assert_allclose(Dequantize(qp)(x_q), [[-1.0, 0.0, 0.3, 13.0]], rtol=1e-6)
+def test_pool_flatten_relu():
+    x_q = np.array([[-13, -3, 0, 127]], dtype=np.int8)  # codes with zero point -3
     assert QuantizedReLU(-3)(x_q).tolist() == [[-3, -3, 0, 127]]
     rng = np.random.default_rng(4)
     x4 = rng.integers(-128, 128, size=(2, 3, 5, 5)).astype(np.int8)
@@ -222,10 +216,6 @@ def test_bad_input():
         QuantizedLinear(big, w_scale[:1], None, x_qp, y_qp)
     with pytest.raises(ValueError, match="int32"):
         QuantizedLinear(w_q, np.full(4, 1e-12, np.float32), bias * 1e3, x_qp, y_qp)
-    with pytest.raises(ValueError, match="zero_point"):
-        QParams(scale=0.1, zero_point=200, qmin=-128, qmax=127)
-    with pytest.raises(ValueError, match="scale"):
-        QParams(scale=0.0, zero_point=0, qmin=-128, qmax=127)
     conv = QuantizedConv2d(w_q.reshape(4, 6, 1, 1), w_scale, bias, x_qp, y_qp)
     with pytest.raises(ValueError, match="4 dimensions"):
         conv(np.zeros((6, 5, 5), dtype=np.int8))
