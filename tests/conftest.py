@@ -2,6 +2,10 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
 
 import pytest
 from hypothesis import settings
@@ -20,3 +24,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "torch" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def run_without_jit() -> Callable[[str], None]:
+    """Run a Python script in a fresh interpreter with NUMBA_DISABLE_JIT=1; it must print ok."""
+
+    def run(script: str) -> None:
+        env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "ok"
+
+    return run

@@ -5,11 +5,6 @@ requantization), itself checked there against independent computations; the test
 rebuild that pipeline from the Numba kernels and compare.
 """
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
@@ -112,8 +107,8 @@ def test_conv2d_requantize_rejects_bad_input():
 # ---- pure Python mode --------------------------------------------------------------------
 
 
-def test_directconv_runs_with_jit_disabled():
-    script = textwrap.dedent(
+def test_directconv_runs_with_jit_disabled(run_without_jit):
+    run_without_jit(
         """
         import numpy as np
         from minquant import directconv
@@ -132,9 +127,3 @@ def test_directconv_runs_with_jit_disabled():
         print("ok")
         """
     )
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"

@@ -7,10 +7,6 @@ against PyTorch's quantized Linear.
 """
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from fractions import Fraction
 
 import numpy as np
@@ -338,8 +334,8 @@ def test_maxpool2d_int8_rejects_bad_input():
 # ---- pure Python mode --------------------------------------------------------------------
 
 
-def test_kernels_run_with_jit_disabled():
-    script = textwrap.dedent(
+def test_kernels_run_with_jit_disabled(run_without_jit):
+    run_without_jit(
         """
         import numpy as np
         from minquant import gemm, kernels
@@ -363,9 +359,3 @@ def test_kernels_run_with_jit_disabled():
         print("ok")
         """
     )
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
