@@ -48,6 +48,13 @@ BLOCK_SIZE = 32
 ELEMENT_EMAX = {"fp4_e2m1": 2, "fp8_e4m3": 8, "fp8_e5m2": 15, "int8": 0}
 E8M0_BIAS = 127
 E8M0_NAN = 0xFF
+#: The block format's name for each element format.
+MX_NAMES = {
+    "fp4_e2m1": "mxfp4",
+    "fp8_e4m3": "mxfp8_e4m3",
+    "fp8_e5m2": "mxfp8_e5m2",
+    "int8": "mxint8",
+}
 
 
 def encode_e8m0(x: np.ndarray, saturate: bool = False) -> np.ndarray:
@@ -110,7 +117,7 @@ def mx_quantize(x: np.ndarray, elem: str) -> tuple[np.ndarray, np.ndarray]:
     """
     if elem not in ELEMENT_EMAX:
         raise ValueError(f"elem must be one of {sorted(ELEMENT_EMAX)}, got {elem!r}")
-    x = check_rows(x, BLOCK_SIZE, "mx_" + elem)  # (rows, columns)
+    x = check_rows(x, BLOCK_SIZE, MX_NAMES[elem])  # (rows, columns)
     rows, cols = x.shape
     blocks = x.reshape(rows, cols // BLOCK_SIZE, BLOCK_SIZE)  # (rows, blocks, 32)
     shared = _shared_exponent(blocks, ELEMENT_EMAX[elem])  # (rows, blocks)
@@ -161,7 +168,7 @@ def quantize_mx_blocks(x: np.ndarray, elem: str) -> np.ndarray:
 
 def dequantize_mx_blocks(data: np.ndarray, elem: str) -> np.ndarray:
     """float32 (rows, columns) values of :func:`quantize_mx_blocks` bytes."""
-    data = check_data(data, BLOCK_SIZE + 1, "mx_" + elem)
+    data = check_data(data, BLOCK_SIZE + 1, MX_NAMES[elem])
     rows = data.shape[0]
     blocks = data.reshape(rows, -1, BLOCK_SIZE + 1)  # (rows, blocks, 33)
     codes = blocks[..., 1:].reshape(rows, -1)
