@@ -4,7 +4,8 @@ Follows notebook 10 (the number formats of LLMs). A Q4_0 block stores 32 weights
 bytes: a float16 scale ``d`` and 32 four-bit codes $q_j \in [0, 15]$, read back as
 $\hat{x}_j = d\,(q_j - 8)$:
 
-$$d = \frac{x_{\pm max}}{-8}, \qquad q_j = \min\big(15,\ \lfloor x_j \cdot d^{-1} + 8.5 \rfloor\big),$$
+$$d = \frac{x_{\pm max}}{-8}, \qquad
+q_j = \min\big(15,\ \lfloor x_j \cdot d^{-1} + 8.5 \rfloor\big),$$
 
 where $x_{\pm max}$ is the value of largest magnitude *with its sign*. Layout::
 
