@@ -17,7 +17,9 @@ def test_ternarize_matches_the_bitnet_reference_code():
     scale = 1.0 / t.abs().mean().clamp_(min=1e-5)
     expected = (t * scale).round().clamp_(-1, 1)
     np.testing.assert_allclose(gamma, 1.0 / scale.item(), rtol=1e-6)
-    assert int(np.sum(w_q != expected.numpy())) <= 1  # float32 sum order: a rare tie flip
+    # NOTE: the mean is summed in float64 here, in float32 by torch: gamma agrees to 1e-6
+    # and no code differs for this weight (a value exactly on +-gamma/2 could flip).
+    assert int(np.sum(w_q != expected.numpy())) == 0
     assert set(np.unique(w_q).tolist()) == {-1, 0, 1}
 
 
