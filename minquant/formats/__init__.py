@@ -181,7 +181,12 @@ def quantize_blocks(x: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def dequantize_blocks(data: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
-    """float32 values of shape ``shape`` from :func:`quantize_blocks` bytes."""
+    """float32 values of shape ``shape`` from :func:`quantize_blocks` bytes.
+
+    >>> x = np.array([[0.5, -1.0, 0.25, 0.0] * 8], dtype=np.float32)  # (1, 32)
+    >>> dequantize_blocks(quantize_blocks(x, "q8_0"), "q8_0", x.shape)[0, :4]  # d in float16
+    array([ 0.50390625, -0.99993896,  0.25195312,  0.        ], dtype=float32)
+    """
     block = _block_format(fmt)
     shape = tuple(int(n) for n in np.atleast_1d(shape))
     columns = shape[-1]

@@ -167,7 +167,13 @@ def quantize_mx_blocks(x: np.ndarray, elem: str) -> np.ndarray:
 
 
 def dequantize_mx_blocks(data: np.ndarray, elem: str) -> np.ndarray:
-    """float32 (rows, columns) values of :func:`quantize_mx_blocks` bytes."""
+    """float32 (rows, columns) values of :func:`quantize_mx_blocks` bytes.
+
+    >>> x = np.linspace(-1, 1, 32, dtype=np.float32)[None]
+    >>> x_hat = dequantize_mx_blocks(quantize_mx_blocks(x, "int8"), "int8")  # steps of 2^-6
+    >>> round(float(np.abs(x_hat - x).max()), 4), 2.0**-7
+    (0.0076, 0.0078125)
+    """
     data = check_data(data, BLOCK_SIZE + 1, MX_NAMES[elem])
     rows = data.shape[0]
     blocks = data.reshape(rows, -1, BLOCK_SIZE + 1)  # (rows, blocks, 33)
@@ -209,7 +215,12 @@ def quantize_mxfp4_gguf(x: np.ndarray) -> np.ndarray:
 
 
 def dequantize_mxfp4_gguf(data: np.ndarray) -> np.ndarray:
-    """float32 (rows, columns) values of GGUF MXFP4 bytes."""
+    """float32 (rows, columns) values of GGUF MXFP4 bytes.
+
+    >>> x = np.array([[4.0, 0.3, -2.5, 5.5] + [0.0] * 28])
+    >>> dequantize_mxfp4_gguf(quantize_mxfp4_gguf(x))[0, :4]
+    array([ 4. ,  0.5, -2. ,  6. ], dtype=float32)
+    """
     data = check_data(data, 17, "mxfp4")
     rows = data.shape[0]
     blocks = data.reshape(-1, 17)  # (n_blocks, 17)

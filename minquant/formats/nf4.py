@@ -90,7 +90,11 @@ def quantize_nf4_blocks(x: np.ndarray) -> np.ndarray:
 
 
 def dequantize_nf4_blocks(data: np.ndarray) -> np.ndarray:
-    """float32 (rows, columns) values of :func:`quantize_nf4_blocks` bytes."""
+    """float32 (rows, columns) values of :func:`quantize_nf4_blocks` bytes.
+
+    >>> dequantize_nf4_blocks(quantize_nf4_blocks(np.array([[2.0, -1.0] + [0.0] * 62])))[0, :2]
+    array([ 2.       , -1.0501462], dtype=float32)
+    """
     data = check_data(data, BYTES_PER_BLOCK, "nf4")
     rows = data.shape[0]
     blocks = data.reshape(rows, -1, BYTES_PER_BLOCK)  # (rows, blocks, 36)
@@ -169,7 +173,13 @@ def quantize_nf4(w: np.ndarray) -> NF4Weight:
 
 
 def nf4_weight_from_bytes(data: np.ndarray, shape: tuple[int, int]) -> NF4Weight:
-    """Read back :meth:`NF4Weight.to_bytes` for a weight of ``shape``."""
+    """Read back :meth:`NF4Weight.to_bytes` for a weight of ``shape``.
+
+    >>> w = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    >>> q = quantize_nf4(w)
+    >>> bool(np.all(nf4_weight_from_bytes(q.to_bytes(), w.shape).dequantize() == q.dequantize()))
+    True
+    """
     n = shape[0] * shape[1]
     n_blocks = n // BLOCK_SIZE
     n_groups = -(-n_blocks // SCALE_GROUP)

@@ -99,7 +99,11 @@ def quantize_binary(w: np.ndarray) -> np.ndarray:
 
 
 def dequantize_binary(data: np.ndarray) -> np.ndarray:
-    """float32 (out, in) values of :func:`quantize_binary` bytes."""
+    """float32 (out, in) values of :func:`quantize_binary` bytes.
+
+    >>> dequantize_binary(quantize_binary(np.array([[0.5, -1.5, 0.0, 1.0] * 2])))[0, :4]
+    array([ 0.75, -0.75,  0.75,  0.75], dtype=float32)
+    """
     data = check_data(data, 1, "binary")
     alpha = np.ascontiguousarray(data[:, :4]).view("<f4").astype(np.float32)  # (out, 1)
     signs = np.unpackbits(data[:, 4:], axis=1, bitorder="little").astype(np.float32) * 2 - 1
