@@ -25,7 +25,15 @@ from types import ModuleType
 import pytest
 
 EXERCISES_DIR = Path(__file__).parent
-NUM_EXERCISES = 8
+
+
+def exercise_numbers() -> list[int]:
+    """The numbers N of the learner files ``exercises/exN_*.py``, in order.
+
+    Found from the files, so that a new exercise registers its marker by existing.
+    """
+    names = (path.name for path in EXERCISES_DIR.glob("ex[0-9]*_*.py"))
+    return sorted({int(name[2:].split("_", 1)[0]) for name in names})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,7 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for i in range(1, NUM_EXERCISES + 1):
+    for i in exercise_numbers():
         config.addinivalue_line("markers", f"ex{i}: exercise {i} (pytest exercises -m ex{i})")
 
 

@@ -1,4 +1,4 @@
-r"""Number formats: the bit layouts of float32, float16, bfloat16, FP8 and int8, simulated.
+r"""Element formats: the bit layouts of float32, float16, bfloat16, FP8, FP4 and int8, simulated.
 
 A binary floating-point number with $E$ exponent bits, $M$ mantissa bits and bias $b$ stores
 a sign $s$, an exponent field $e$ and a mantissa field $m$:
@@ -19,6 +19,8 @@ References:
 * Google Brain bfloat16: float32 with the lower 16 mantissa bits dropped.
 * Open Compute Project, "OCP 8-bit Floating Point Specification (OFP8)", rev. 1.0, 2023;
   P. Micikevicius et al., "FP8 Formats for Deep Learning", arXiv:2209.05433 (E4M3, E5M2).
+* Open Compute Project, "OCP Microscaling Formats (MX) Specification", v1.0, 2023,
+  section 5.3.3 (FP4 E2M1: no Inf, no NaN).
 * M. Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014
   (the 45 nm energy and area figures in :data:`HOROWITZ_45NM`).
 """
@@ -35,9 +37,15 @@ class FloatFormat:
     ``ieee=True`` follows IEEE 754: an all-ones exponent field means infinity (mantissa 0)
     or NaN. ``ieee=False`` is the OCP E4M3 rule: no infinities, and only the all-ones
     pattern ``S.1111.111`` is NaN, so the all-ones exponent still holds normal numbers.
+    ``finite_only=True`` (with ``ieee=False``) is the OCP FP4 E2M1 rule: no NaN and no
+    infinity at all, every pattern is a number::
 
-    >>> FP8_E4M3.max_value, FP8_E5M2.max_value, FLOAT16.max_value
-    (448.0, 57344.0, 65504.0)
+        FP4 E2M1   bit  3   2 1   0       value = (-1)^s 2^(e-1) (1 + m/2)    (e > 0)
+                        s  e e   m               (-1)^s 0.5 m                (e = 0)
+        codes 0..7: 0, 0.5, 1, 1.5, 2, 3, 4, 6; codes 8..15: the same with the sign set
+
+    >>> FP8_E4M3.max_value, FP8_E5M2.max_value, FLOAT16.max_value, FP4_E2M1.max_value
+    (448.0, 57344.0, 65504.0, 6.0)
     >>> FP8_E4M3.min_subnormal == 2.0**-9, FLOAT16.epsilon == 2.0**-10
     (True, True)
     """
@@ -46,7 +54,8 @@ class FloatFormat:
     exponent_bits: int
     mantissa_bits: int
     bias: int
-    ieee: bool = True
+    ieee: bool = True  # IEEE 754 specials: all-ones exponent is Inf/NaN
+    finite_only: bool = False  # no NaN and no Inf at all (FP4 E2M1); needs ieee=False
 
     @property
     def bits(self) -> int:
@@ -64,7 +73,8 @@ class FloatFormat:
     def max_value(self) -> float:
         r"""The largest finite value, $2^{e_{max}} (2 - 2^{-M})$ (IEEE) or
         $2^{e_{max}} (2 - 2^{1-M})$ (E4M3, whose all-ones mantissa there is NaN)."""
-        top_mantissa = 2**self.mantissa_bits - (1 if self.ieee else 2)
+        # NOTE: E4M3 spends its top mantissa on NaN; a finite-only format keeps it.
+        top_mantissa = 2**self.mantissa_bits - (1 if self.ieee or self.finite_only else 2)
         return float(np.ldexp(1.0 + top_mantissa / 2**self.mantissa_bits, self.max_exponent))
 
     @property
@@ -85,7 +95,7 @@ class FloatFormat:
     @property
     def uint_dtype(self) -> np.dtype:
         """The unsigned integer dtype that holds one bit pattern."""
-        return np.dtype({8: np.uint8, 16: np.uint16, 32: np.uint32}[self.bits])
+        return np.dtype({4: np.uint8, 8: np.uint8, 16: np.uint16, 32: np.uint32}[self.bits])
 
 
 FLOAT32 = FloatFormat("float32", exponent_bits=8, mantissa_bits=23, bias=127)
@@ -93,9 +103,14 @@ FLOAT16 = FloatFormat("float16", exponent_bits=5, mantissa_bits=10, bias=15)
 BFLOAT16 = FloatFormat("bfloat16", exponent_bits=8, mantissa_bits=7, bias=127)
 FP8_E4M3 = FloatFormat("fp8_e4m3", exponent_bits=4, mantissa_bits=3, bias=7, ieee=False)
 FP8_E5M2 = FloatFormat("fp8_e5m2", exponent_bits=5, mantissa_bits=2, bias=15)
+FP4_E2M1 = FloatFormat(
+    "fp4_e2m1", exponent_bits=2, mantissa_bits=1, bias=1, ieee=False, finite_only=True
+)
 
-#: Every simulated format by name, widest first.
+#: The float formats of notebook 01 by name, widest first.
 FORMATS = {f.name: f for f in (FLOAT32, FLOAT16, BFLOAT16, FP8_E4M3, FP8_E5M2)}
+#: Every element float format by name (``FORMATS`` plus the 4-bit FP4 E2M1 of MXFP4).
+FLOAT_FORMATS = {**FORMATS, FP4_E2M1.name: FP4_E2M1}
 
 #: Energy (pJ) and area (um^2) of one operation in a 45 nm process, as published in
 #: M. Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014.
@@ -121,9 +136,9 @@ def get_format(fmt: str | FloatFormat) -> FloatFormat:
     """
     if isinstance(fmt, FloatFormat):
         return fmt
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {sorted(FORMATS)}, got {fmt!r}")
-    return FORMATS[fmt]
+    if fmt not in FLOAT_FORMATS:
+        raise ValueError(f"fmt must be one of {sorted(FLOAT_FORMATS)}, got {fmt!r}")
+    return FLOAT_FORMATS[fmt]
 
 
 def _as_float(name: str, x: np.ndarray) -> np.ndarray:
@@ -145,7 +160,8 @@ def cast(x: np.ndarray, fmt: str | FloatFormat, saturate: bool = False) -> np.nd
     ``fmt.max_value`` overflows: to infinity (IEEE formats) or NaN (E4M3) by default, or
     to ``±max_value`` with ``saturate=True`` (the OCP FP8 saturating mode, which also maps
     ±Inf to ±max). NaN stays NaN. ``torch.float8_e4m3fn`` casts saturate,
-    ``torch.float8_e5m2`` casts do not.
+    ``torch.float8_e5m2`` casts do not. FP4 E2M1 has neither Inf nor NaN: it always
+    saturates (as ``ml_dtypes.float4_e2m1fn`` and the OCP MX spec), and NaN input is an error.
 
     >>> cast(np.array([0.1, 1.0625, 300.0, 465.0]), "fp8_e4m3").tolist()
     [0.1015625, 1.0, 288.0, nan]
@@ -153,9 +169,13 @@ def cast(x: np.ndarray, fmt: str | FloatFormat, saturate: bool = False) -> np.nd
     array([ 448., -448.], dtype=float32)
     >>> cast(np.array([1.00390625, 1.01171875]), "bfloat16")  # two ties: to even
     array([1.      , 1.015625], dtype=float32)
+    >>> cast(np.array([0.25, 0.75, 2.5, 5.0, 7.0, -np.inf]), "fp4_e2m1")  # ties to even
+    array([ 0.,  1.,  2.,  4.,  6., -6.], dtype=float32)
     """
     fmt = get_format(fmt)
     x64 = _as_float("x", x)
+    if fmt.finite_only and np.isnan(x64).any():
+        raise ValueError(f"x contains NaN, which {fmt.name} cannot represent (it has no NaN)")
     a = np.abs(x64)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         _, e = np.frexp(a)  # a = f * 2**e with f in [0.5, 1)
@@ -168,7 +188,8 @@ def cast(x: np.ndarray, fmt: str | FloatFormat, saturate: bool = False) -> np.nd
         a_hat = np.rint(a / step) * step
         a_hat = np.where(np.isinf(a), np.inf, a_hat)
         overflow = a_hat > fmt.max_value
-    if saturate:
+    if saturate or fmt.finite_only:
+        # NOTE: a format without Inf/NaN has nothing to overflow to: it always saturates.
         a_hat = np.where(overflow, fmt.max_value, a_hat)
     else:
         a_hat = np.where(overflow, np.inf if fmt.ieee else np.nan, a_hat)
@@ -237,7 +258,7 @@ def decode(bits: np.ndarray, fmt: str | FloatFormat) -> np.ndarray:
     if fmt.ieee:
         special = np.where(mantissa_field == 0, np.inf, np.nan)
         value = np.where(top_exponent, special, value)
-    else:
+    elif not fmt.finite_only:
         value = np.where(top_exponent & (mantissa_field == 2**fmt.mantissa_bits - 1), np.nan, value)
     value = np.where(sign == 1, -value, value)
     return value.astype(np.float32)
