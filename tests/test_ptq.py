@@ -140,7 +140,7 @@ def test_per_tensor_w4a8_and_mlp():
     assert qmlp.steps[1].module.relu and not qmlp.steps[3].module.relu
     agree = np.mean(qmlp(X_test).argmax(1) == mlp(X_test).argmax(1))
     assert agree > 0.9
-    assert isinstance(qmlp, QuantizedModel)  # re-exported from minquant.qmodel
+    assert isinstance(qmlp, QuantizedModel)  # re-exported from minquant.qnn.model
 
 
 class _Dropout(nn.Module):

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from minquant import qnn
+from minquant.kernels import MAX_K
 from minquant.qnn import (
-    MAX_K,
     QParams,
     QuantizedConv2d,
     QuantizedFlatten,
@@ -13,6 +12,7 @@ from minquant.qnn import (
     QuantizedMaxPool2d,
     QuantizedReLU,
 )
+from minquant.qnn import layers as qnn
 
 
 def _random_layer_data(rng, n_out, k, per_channel=True):

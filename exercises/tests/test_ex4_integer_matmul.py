@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from minquant import gemm, kernels, qnn
+from minquant import kernels, qnn
+from minquant.kernels import gemm
 
 pytestmark = pytest.mark.ex4
 

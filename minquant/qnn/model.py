@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minquant import nn
-from minquant.qnn import Dequantize, QParams, Quantize, QuantizedModule
+from minquant.qnn.qparams import Dequantize, QParams, Quantize, QuantizedModule
 from minquant.quant import fake_quantize, sqnr
 
 __all__ = ["QuantizedModel", "Step"]

@@ -37,24 +37,17 @@ References:
 
 import numpy as np
 
-from minquant import directconv, fixedpoint, kernels
+from minquant import fixedpoint, kernels
 from minquant.kernels import MAX_K
-
-# The quantization edges and the base class live in minquant.qnn_base; they are
-# re-exported here so that every integer module is importable from minquant.qnn.
-from minquant.qnn_base import Dequantize, QParams, Quantize, QuantizedModule, _check_int8
+from minquant.qnn.qparams import QParams, QuantizedModule, _check_int8
 
 __all__ = [
     "DIRECT_CONV_MAX_K",
     "REQUANT_MODES",
-    "Dequantize",
-    "QParams",
-    "Quantize",
     "QuantizedConv2d",
     "QuantizedFlatten",
     "QuantizedLinear",
     "QuantizedMaxPool2d",
-    "QuantizedModule",
     "QuantizedReLU",
 ]
 
@@ -326,11 +319,11 @@ class QuantizedConv2d(_QuantizedGemm):
         geometry = (self.stride, self.padding, pad_value)
         clamp = (y_qp.zero_point, self.clamp_min, y_qp.qmax)
         if self.requant == "fixedpoint":
-            return directconv.conv2d_requantize_fixedpoint(
+            return kernels.conv2d_requantize_fixedpoint(
                 x_q, w_q, self.bias_folded, self.multiplier, self.shift, *geometry, *clamp,
                 self.rounding,
             )  # fmt: skip
-        return directconv.conv2d_requantize_float(
+        return kernels.conv2d_requantize_float(
             x_q, w_q, self.zp_correction, self.bias, self.acc_scale, np.float32(y_qp.scale),
             *geometry, *clamp,
         )  # fmt: skip

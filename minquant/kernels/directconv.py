@@ -4,8 +4,8 @@ $$y_q[n, o, i, j] = \mathrm{clip}\Big(z_{out} + M_o\big(\textstyle\sum_{c, dy, d
 x_q[n, c, i s + dy, j s + dx]\, w_q[o, c, dy, dx] + b_q[o]\big),\ q_{min},\ q_{max}\Big)$$
 
 with the per-channel multiplier $M_o$ applied in fixed point or in float32: exactly
-the same integers as :func:`minquant.kernels.im2col_int8` -> :func:`minquant.gemm.matmul_int8`
--> requantization (:mod:`minquant.requant`) -> NCHW, bit for bit, in one parallel pass. No
+the same integers as :func:`minquant.kernels.im2col_int8` -> :func:`minquant.kernels.matmul_int8`
+-> requantization (:mod:`minquant.kernels.requant`) -> NCHW, bit for bit, in one parallel pass. No
 im2col matrix, no int32 accumulator array and no NHWC -> NCHW transpose ever reach memory: each
 work item is one image; for every output row it fills an L1-sized accumulator (Wo, O), then
 requantizes it straight into the NCHW output. This pays off when K = C*kh*kw is too short to
@@ -28,9 +28,9 @@ import numpy as np
 from numba import njit, prange
 
 from minquant.fixedpoint import ROUNDING_MODES
-from minquant.gemm import MAX_K, _check_int8, matmul_int8_ref
-from minquant.kernels import _conv_geometry, im2col_int8_ref
-from minquant.requant import (
+from minquant.kernels.gemm import MAX_K, _check_int8, matmul_int8_ref
+from minquant.kernels.im2col import _conv_geometry, im2col_int8_ref
+from minquant.kernels.requant import (
     _check_clamp,
     _check_requant,
     _float_requant_params,
@@ -172,8 +172,8 @@ def conv2d_requantize_fixedpoint(
     x_q[n, c, i s + dy, j s + dx]\, w_q[o, c, dy, dx] + b_q[o]\big),\ q_{min},\ q_{max}\Big)$$
 
     with the input padded by ``pad_value`` (the input zero point). Equal, bit for bit, to
-    :func:`~minquant.kernels.im2col_int8` -> :func:`~minquant.gemm.matmul_int8` ->
-    :func:`~minquant.requant.requantize_fixedpoint` -> NCHW, but
+    :func:`~minquant.kernels.im2col_int8` -> :func:`~minquant.kernels.matmul_int8` ->
+    :func:`~minquant.kernels.requantize_fixedpoint` -> NCHW, but
     the int32 accumulators only ever live in one small row buffer per core.
     ``x_q`` int8 (N, C, H, W), ``w_q`` int8 (O, C, kh, kw); returns int8 (N, O, Ho, Wo).
 
@@ -227,7 +227,7 @@ def conv2d_requantize_float(
     r"""Fused int8 convolution and float32 (PyTorch x86) requantization, one parallel pass.
 
     The accumulator of :func:`conv2d_requantize_fixedpoint`, minus ``zp_correction`` (int32
-    (O,): $z_{in} \sum w_q$), requantized as :func:`~minquant.requant.requantize_float`.
+    (O,): $z_{in} \sum w_q$), requantized as :func:`~minquant.kernels.requantize_float`.
     Returns int8 (N, O, Ho, Wo), bit-exact with the im2col -> GEMM -> ``requantize_float``
     pipeline.
 
