@@ -27,7 +27,7 @@ References:
 import numpy as np
 from numba import njit, prange
 
-from minquant.fixedpoint import ROUNDING_MODES
+from minquant.fixedpoint import FIXEDPOINT_ROUNDINGS
 from minquant.kernels.gemm import MAX_K, _check_int8, matmul_int8_ref
 from minquant.kernels.im2col import _conv_geometry, im2col_int8_ref
 from minquant.kernels.requant import (
@@ -183,8 +183,8 @@ def conv2d_requantize_fixedpoint(
     array([[ 4,  6],
            [10, 12]], dtype=int8)
     """
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+    if rounding not in FIXEDPOINT_ROUNDINGS:
+        raise ValueError(f"rounding must be one of {FIXEDPOINT_ROUNDINGS}, got {rounding!r}")
     _check_int8("x_q", x_q, ndim=4)
     xp, w, (kh, kw), (sh, sw), out = _conv_inputs(x_q, w_q, stride, padding, pad_value)
     n_out = w.shape[1]

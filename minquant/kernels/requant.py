@@ -19,7 +19,7 @@ References:
 import numpy as np
 from numba import njit, prange
 
-from minquant.fixedpoint import ROUNDING_MODES, multiply_by_quantized_multiplier
+from minquant.fixedpoint import FIXEDPOINT_ROUNDINGS, multiply_by_quantized_multiplier
 
 
 def _check_requant(acc, bias, name, bias_dtype):
@@ -160,8 +160,8 @@ def requantize_fixedpoint(
     >>> requantize_fixedpoint(acc, None, m, s, 0, -128, 127, rounding="double")
     array([[-25, -25]], dtype=int8)
     """
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+    if rounding not in FIXEDPOINT_ROUNDINGS:
+        raise ValueError(f"rounding must be one of {FIXEDPOINT_ROUNDINGS}, got {rounding!r}")
     bias_q = _check_requant(acc, bias_q, "bias_q", np.int64)
     n = acc.shape[1]
     multiplier = _per_channel(multiplier, n, "multiplier", np.int64)

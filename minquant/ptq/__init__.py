@@ -27,20 +27,26 @@ References:
 import numpy as np
 
 from minquant import nn, observers
-from minquant.fixedpoint import ROUNDING_MODES
 from minquant.ptq.convert import (
     _quantize_weight,
     activation_qparams,
     check_bits,
     convert_group,
 )
-from minquant.ptq.fold import SUPPORTED_LAYERS, _group_layers, check_sequential, fold_batchnorm
-from minquant.qnn import REQUANT_MODES
-from minquant.qnn.model import QuantizedModel, Step
+from minquant.ptq.fold import (
+    PLAIN_LAYERS,
+    LayerGroup,
+    check_sequential,
+    fold_batchnorm,
+    group_layers,
+)
+from minquant.qnn.model import QuantConfig, QuantizedModel, Step
+from minquant.qnn.requant import DEFAULT_ROUNDING, requantizer
 
 __all__ = [
     "OBSERVERS",
-    "SUPPORTED_LAYERS",
+    "PLAIN_LAYERS",
+    "LayerGroup",
     "QuantizedModel",
     "Step",
     "activation_qparams",
@@ -48,17 +54,18 @@ __all__ = [
     "check_sequential",
     "convert_group",
     "fold_batchnorm",
+    "group_layers",
     "quantize_model",
 ]
 
-#: Activation observers by name (the weights always use a min/max observer).
+#: Activation observer classes by name (the weights always use a min/max observer).
 OBSERVERS = {
-    "minmax": "MinMaxObserver",
-    "moving_average": "MovingAverageMinMaxObserver",
-    "histogram": "HistogramObserver",
-    "percentile": "PercentileObserver",
-    "mse": "MSEObserver",
-    "entropy": "EntropyObserver",
+    "minmax": observers.MinMaxObserver,
+    "moving_average": observers.MovingAverageMinMaxObserver,
+    "histogram": observers.HistogramObserver,
+    "percentile": observers.PercentileObserver,
+    "mse": observers.MSEObserver,
+    "entropy": observers.EntropyObserver,
 }
 
 
@@ -80,8 +87,9 @@ def _check_calibration(X_calib: np.ndarray) -> np.ndarray:
 def _activation_observer(observer: str, act_bits: int, reduce_range: bool) -> object:
     # NOTE: observers run in PyTorch's unsigned convention (quint8); the int8 codes are the
     # unsigned codes minus 2^(b-1), which changes neither the scale nor the arithmetic.
-    cls = getattr(observers, OBSERVERS[observer])
-    return cls(num_bits=act_bits, signed=False, symmetric=False, reduce_range=reduce_range)
+    return OBSERVERS[observer](
+        num_bits=act_bits, signed=False, symmetric=False, reduce_range=reduce_range
+    )
 
 
 def _calibrate(
@@ -112,7 +120,7 @@ def quantize_model(
     observer: str = "minmax",
     requant: str = "fixedpoint",
     reduce_range: bool | None = None,
-    rounding: str = "single",
+    rounding: str = DEFAULT_ROUNDING,
 ) -> QuantizedModel:
     r"""Post-training quantization of a float ``Sequential`` into an integer-only model.
 
@@ -141,37 +149,29 @@ def quantize_model(
     act_bits = check_bits("act_bits", act_bits)
     if observer not in OBSERVERS:
         raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
-    if requant not in REQUANT_MODES:
-        raise ValueError(f"requant must be one of {REQUANT_MODES}, got {requant!r}")
-    # NOTE: the fake-quant simulation rounds the exact real output once; the single-rounding
-    # multiply does the same in integers, so the integer model matches it on essentially
-    # every logit. gemmlowp's two roundings (SRDHM, then RDBPOT) move about one value in
-    # 2^(-shift) by one step: measured on small_cnn W8A8, 98.6% identical logits (100% with
-    # single rounding). Both stay within 1 LSB; "double" remains for comparison.
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+    requantizer(requant, rounding)  # raises on an unknown name, before any calibration
     if reduce_range is None:
         reduce_range = requant == "float"
     if reduce_range and act_bits < 3:
         raise ValueError(f"reduce_range needs act_bits >= 3, got {act_bits}")
     X_calib = _check_calibration(X_calib)
-    groups = _group_layers(list(layers))
+    groups = [g.layers for g in group_layers(list(layers), "quantize_model")]
 
     def make_observer() -> object:
         return _activation_observer(observer, act_bits, reduce_range)
 
     input_obs, group_obs = _calibrate(groups, X_calib, make_observer)
-    input_qp = activation_qparams(input_obs, act_bits, reduce_range)
+    input_qp = activation_qparams(input_obs, act_bits)
     steps, x_qp = [], input_qp
     for group, obs in zip(groups, group_obs, strict=True):
-        y_qp = x_qp if obs is None else activation_qparams(obs, act_bits, reduce_range)
+        y_qp = x_qp if obs is None else activation_qparams(obs, act_bits)
         w_info = None
         if obs is not None:
             w_info = _quantize_weight(group[0].weight.data, weight_bits, per_channel)
         module, sim = convert_group(group, x_qp, y_qp, w_info, requant, rounding)
         steps.append(Step(float_layers=group, module=module, sim_layer=sim, qparams=y_qp))
         x_qp = y_qp
-    config = dict(
+    config = QuantConfig(
         weight_bits=weight_bits,
         act_bits=act_bits,
         per_channel=per_channel,

@@ -21,6 +21,7 @@ from minquant.qnn import (
     QuantizedMaxPool2d,
     QuantizedReLU,
 )
+from minquant.qnn.requant import DEFAULT_ROUNDING
 from minquant.quant import qrange, quantize
 
 __all__ = ["activation_qparams", "check_bits", "convert_group"]
@@ -39,14 +40,14 @@ def check_bits(name: str, bits: int) -> int:
     return int(bits)
 
 
-def activation_qparams(obs: object, act_bits: int, reduce_range: bool) -> QParams:
+def activation_qparams(obs: object, act_bits: int) -> QParams:
     r"""int8 :class:`~minquant.qnn.QParams` from an unsigned observer (or fake quantizer).
 
     Same scale; zero point and range shifted down by $2^{b-1}$ (uint8 codes minus 128).
 
     >>> obs = observers.MinMaxObserver(num_bits=8)
     >>> _ = obs(np.array([0.0, 2.55]))
-    >>> activation_qparams(obs, 8, reduce_range=False)
+    >>> activation_qparams(obs, 8)
     QParams(scale=0.009999999776482582, zero_point=-128, qmin=-128, qmax=127)
     """
     scale, zero_point = obs.calculate_qparams()
@@ -85,7 +86,7 @@ def convert_group(
     y_qp: QParams | None,
     w_info: tuple[np.ndarray, np.ndarray] | None,
     requant: str,
-    rounding: str = "single",
+    rounding: str = DEFAULT_ROUNDING,
 ) -> tuple[object, nn.Module | None]:
     """One step: its integer module and the float module with fake-quantized weights.
 
@@ -110,9 +111,9 @@ def convert_group(
         sim = copy.deepcopy(layer)
         axis_scale = w_scale.reshape(-1, *[1] * (w_q.ndim - 1))  # (C, 1, ...) or (1, 1, ...)
         sim.weight = nn.Parameter(w_q.astype(np.float32) * axis_scale)
-        if requant == "fixedpoint":
-            acc_scale = np.float64(x_qp.scale) * module.w_scale  # (N,) s_x s_w, as the module
-            sim.bias = nn.Parameter(module.bias_q * acc_scale)
+        sim_bias = module.requant.simulated_bias()  # (N,) the bias the integers add
+        if sim_bias is not None:
+            sim.bias = nn.Parameter(sim_bias)
         return module, sim
     if isinstance(layer, nn.MaxPool2d):
         return QuantizedMaxPool2d(layer.kernel_size, layer.stride), None

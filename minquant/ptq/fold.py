@@ -13,16 +13,23 @@ Integer-Arithmetic-Only Inference", CVPR 2018 (arXiv:1712.05877), section 3.2 (f
 """
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 
 from minquant import nn
 
-__all__ = ["SUPPORTED_LAYERS", "check_sequential", "fold_batchnorm"]
+__all__ = [
+    "PLAIN_LAYERS",
+    "LayerGroup",
+    "check_sequential",
+    "fold_batchnorm",
+    "group_layers",
+]
 
 
-#: Layers that :func:`quantize_model` converts (after BatchNorm folding).
-SUPPORTED_LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)
+#: Layers that stay a step of their own (no weights; they map codes to codes).
+PLAIN_LAYERS = (nn.ReLU, nn.MaxPool2d, nn.Flatten)
 
 
 def check_sequential(model: nn.Module) -> list[nn.Module]:
@@ -83,18 +90,76 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*folded).eval()
 
 
-def _group_layers(layers: list[nn.Module]) -> list[list[nn.Module]]:
-    """Split the layer list into steps: ``[Conv2d|Linear, ReLU?]`` pairs and single layers."""
-    groups: list[list[nn.Module]] = []
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, SUPPORTED_LAYERS):
-            allowed = ", ".join(t.__name__ for t in (nn.BatchNorm2d, *SUPPORTED_LAYERS))
-            raise ValueError(
-                f"quantize_model: unsupported layer at index {i}: {layer!r} (supported: {allowed})"
-            )
-        fusable = groups and isinstance(groups[-1][0], (nn.Conv2d, nn.Linear))
-        if isinstance(layer, nn.ReLU) and fusable and len(groups[-1]) == 1:
-            groups[-1].append(layer)
+@dataclass
+class LayerGroup:
+    """One step of a quantized model: a Conv2d/Linear with what follows it, or one layer.
+
+    ``layer`` is the Conv2d/Linear (or its QAT version), else a ReLU/MaxPool2d/Flatten on
+    its own; ``bn`` the BatchNorm2d after a Conv2d, ``relu`` the ReLU that becomes the output
+    clamp, ``output_quant`` the activation quantizer after them (QAT models only).
+    """
+
+    layer: nn.Module
+    bn: nn.BatchNorm2d | None = None
+    relu: nn.ReLU | None = None
+    output_quant: nn.Module | None = None
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """The float layers of the step, in order (without ``output_quant``)."""
+        return [m for m in (self.layer, self.bn, self.relu) if m is not None]
+
+
+def group_layers(
+    layers: list[nn.Module],
+    caller: str,
+    gemm_types: tuple[type, ...] = (nn.Conv2d, nn.Linear),
+    output_quant: type | None = None,
+) -> list[LayerGroup]:
+    """Split a layer list into steps: Conv2d/Linear -> BatchNorm2d? -> ReLU? (-> quantizer).
+
+    The one grouping of :func:`minquant.ptq.quantize_model` (after folding, so no BatchNorm),
+    :func:`minquant.qat.prepare_qat` (on the float model) and :func:`minquant.qat.convert`
+    (``gemm_types`` the QAT layers, each followed by an ``output_quant``). Anything else is
+    a ValueError naming ``caller``, the index and the layer.
+
+    >>> groups = group_layers([nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten()],
+    ...                       "example")
+    >>> [[type(m).__name__ for m in g.layers] for g in groups]
+    [['Conv2d', 'BatchNorm2d', 'ReLU'], ['Flatten']]
+    """
+    groups: list[LayerGroup] = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if isinstance(layer, gemm_types):
+            group = LayerGroup(layer)
+            if isinstance(layer, nn.Conv2d) and _next_is(layers, i, nn.BatchNorm2d):
+                i += 1
+                group.bn = layers[i]
+            if _next_is(layers, i, nn.ReLU):
+                i += 1
+                group.relu = layers[i]
+            if output_quant is not None:
+                if not _next_is(layers, i, output_quant):
+                    raise ValueError(
+                        f"{caller}: {layer!r} is not followed by a {output_quant.__name__}"
+                    )
+                i += 1
+                group.output_quant = layers[i]
+        elif isinstance(layer, PLAIN_LAYERS):
+            group = LayerGroup(layer)
+        elif isinstance(layer, nn.BatchNorm2d):
+            raise ValueError(f"{caller}: BatchNorm2d at index {i} must follow a Conv2d")
         else:
-            groups.append([layer])
+            raise ValueError(
+                f"{caller}: unsupported layer at index {i}: {layer!r} (supported: Conv2d, "
+                "BatchNorm2d after a Conv2d, Linear, ReLU, MaxPool2d, Flatten)"
+            )
+        groups.append(group)
+        i += 1
     return groups
+
+
+def _next_is(layers: list[nn.Module], i: int, kind: type) -> bool:
+    return i + 1 < len(layers) and isinstance(layers[i + 1], kind)
