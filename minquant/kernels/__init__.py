@@ -32,7 +32,14 @@ from minquant.kernels.directconv import (
     conv2d_requantize_float,
     conv2d_requantize_float_ref,
 )
-from minquant.kernels.gemm import MAX_K, check_matmul_int8, matmul_int8, matmul_int8_ref
+from minquant.kernels.gemm import (
+    MAX_K,
+    check_int8,
+    check_k,
+    check_matmul_int8,
+    matmul_int8,
+    matmul_int8_ref,
+)
 from minquant.kernels.im2col import (
     im2col_int8,
     im2col_int8_ref,
@@ -48,6 +55,8 @@ from minquant.kernels.requant import (
 
 __all__ = [
     "MAX_K",
+    "check_int8",
+    "check_k",
     "check_matmul_int8",
     "conv2d_requantize_fixedpoint",
     "conv2d_requantize_fixedpoint_ref",

@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from minquant.fixedpoint import FIXEDPOINT_ROUNDINGS
-from minquant.kernels.gemm import MAX_K, _check_int8, matmul_int8_ref
+from minquant.kernels.gemm import check_int8, check_k, matmul_int8_ref
 from minquant.kernels.im2col import _conv_geometry, im2col_int8_ref
 from minquant.kernels.requant import (
     _check_clamp,
@@ -117,15 +117,14 @@ _conv2d_requantize_float_kernel = njit(cache=True, parallel=True)(_conv2d_requan
 
 def _conv_inputs(x_q, w_q, stride, padding, pad_value):
     """Checked, padded input (N, C, Hp, Wp), int32 weights (C*kh*kw, O) and the output shape."""
-    _check_int8("w_q", w_q, ndim=4)
+    check_int8("w_q", w_q, ndim=4)
     if x_q.ndim == 4 and w_q.shape[1] != x_q.shape[1]:
         raise ValueError(f"w_q {w_q.shape} (O, C, kh, kw) does not match x_q {x_q.shape}")
     kernel = w_q.shape[2:]
     (kh, kw), (sh, sw), (ph, pw), (h_out, w_out) = _conv_geometry(x_q, kernel, stride, padding)
     if not -128 <= pad_value <= 127:
         raise ValueError(f"pad_value must be an int8 value in [-128, 127], got {pad_value}")
-    if w_q.shape[1] * kh * kw > MAX_K:
-        raise ValueError(f"K = C*kh*kw = {w_q.shape[1] * kh * kw} > {MAX_K}: could overflow")
+    check_k(w_q.shape[1] * kh * kw, prefix="C*kh*kw: ")
     xp = np.pad(x_q, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
     w = np.ascontiguousarray(w_q.reshape(w_q.shape[0], -1).T, dtype=np.int32)  # (K, O)
     out = np.empty((x_q.shape[0], w_q.shape[0], h_out, w_out), dtype=np.int8)  # (N, O, Ho, Wo)
@@ -185,7 +184,7 @@ def conv2d_requantize_fixedpoint(
     """
     if rounding not in FIXEDPOINT_ROUNDINGS:
         raise ValueError(f"rounding must be one of {FIXEDPOINT_ROUNDINGS}, got {rounding!r}")
-    _check_int8("x_q", x_q, ndim=4)
+    check_int8("x_q", x_q, ndim=4)
     xp, w, (kh, kw), (sh, sw), out = _conv_inputs(x_q, w_q, stride, padding, pad_value)
     n_out = w.shape[1]
     bias_q = _check_requant(np.empty((0, n_out), np.int32), bias_q, "bias_q", np.int64)
@@ -238,7 +237,7 @@ def conv2d_requantize_float(
     array([[ 4,  6],
            [10, 12]], dtype=int8)
     """
-    _check_int8("x_q", x_q, ndim=4)
+    check_int8("x_q", x_q, ndim=4)
     xp, w, (kh, kw), (sh, sw), out = _conv_inputs(x_q, w_q, stride, padding, pad_value)
     n_out = w.shape[1]
     empty = np.empty((0, n_out), np.int32)

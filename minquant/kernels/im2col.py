@@ -16,7 +16,8 @@ Networks for Document Processing", 2006 (im2col).
 import numpy as np
 from numba import njit, prange
 
-from minquant.kernels.gemm import _check_int8
+from minquant.kernels.gemm import check_int8
+from minquant.nn.functional import conv_output_size
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -26,22 +27,18 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 # ---- im2col ------------------------------------------------------------------------------
 
 
 def _conv_geometry(x_q, kernel_size, stride, padding):
-    _check_int8("x_q", x_q, ndim=4)
+    check_int8("x_q", x_q, ndim=4)
     kh, kw = _pair(kernel_size, "kernel_size")
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
     if kh == 0 or kw == 0 or sh == 0 or sw == 0:
         raise ValueError(f"kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
-    h_out = _out_size(x_q.shape[2], kh, sh, ph)
-    w_out = _out_size(x_q.shape[3], kw, sw, pw)
+    h_out = conv_output_size(x_q.shape[2], kh, sh, ph)
+    w_out = conv_output_size(x_q.shape[3], kw, sw, pw)
     if h_out < 1 or w_out < 1:
         raise ValueError(
             f"kernel_size {kernel_size} with padding {padding} does not fit input {x_q.shape}"

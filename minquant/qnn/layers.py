@@ -38,8 +38,9 @@ References:
 import numpy as np
 
 from minquant import kernels
-from minquant.kernels import MAX_K
-from minquant.qnn.qparams import QParams, QuantizedModule, _check_int8
+from minquant.kernels import check_int8, check_k
+from minquant.nn.functional import conv_output_size
+from minquant.qnn.qparams import QParams, QuantizedModule
 from minquant.qnn.requant import DEFAULT_ROUNDING, requantizer
 
 __all__ = [
@@ -78,11 +79,7 @@ class _QuantizedGemm(QuantizedModule):
             )
         w2d = w_q.reshape(w_q.shape[0], -1)  # (N, K): one row per output channel
         n_out, k = w2d.shape
-        if k > MAX_K:
-            raise ValueError(
-                f"{name}: K = {k} inputs per output exceeds {MAX_K}; the int32 accumulator "
-                "could overflow"
-            )
+        check_k(k, prefix=f"{name}: ")
         w_scale = np.broadcast_to(np.asarray(w_scale, dtype=np.float32), (n_out,))  # (N,)
         self.input_qparams, self.output_qparams = input_qparams, output_qparams
         self.w_scale = w_scale.copy()  # (N,) for export and reports; forward does not read it
@@ -162,7 +159,7 @@ class QuantizedLinear(_QuantizedGemm):
         super().__init__(w_q, w_scale, bias, input_qparams, output_qparams, relu, requant, rounding)
 
     def forward(self, x_q: np.ndarray) -> np.ndarray:
-        _check_int8("QuantizedLinear", x_q, ndim=2)
+        check_int8("QuantizedLinear: x_q", x_q, ndim=2)
         if x_q.shape[1] != self.in_features:
             raise ValueError(
                 f"QuantizedLinear: expected input (N, {self.in_features}), got {x_q.shape}"
@@ -209,14 +206,14 @@ class QuantizedConv2d(_QuantizedGemm):
         self.kernel_size, self.stride, self.padding = w_q.shape[2], int(stride), int(padding)
 
     def forward(self, x_q: np.ndarray) -> np.ndarray:
-        _check_int8("QuantizedConv2d", x_q, ndim=4)
+        check_int8("QuantizedConv2d: x_q", x_q, ndim=4)
         if x_q.shape[1] != self.in_channels:
             raise ValueError(
                 f"QuantizedConv2d: expected input (N, {self.in_channels}, H, W), got {x_q.shape}"
             )
         n, _, h, w = x_q.shape
         k, s, p = self.kernel_size, self.stride, self.padding
-        h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        h_out, w_out = conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
         pad_value = self.input_qparams.zero_point
         if self.in_features <= DIRECT_CONV_MAX_K:
             # NOTE: the same integers in one fused pass: no im2col, no int32 array.
@@ -266,7 +263,7 @@ class QuantizedMaxPool2d(QuantizedModule):
         self.stride = self.kernel_size if stride is None else int(stride)
 
     def forward(self, x_q: np.ndarray) -> np.ndarray:
-        _check_int8("QuantizedMaxPool2d", x_q, ndim=4)
+        check_int8("QuantizedMaxPool2d: x_q", x_q, ndim=4)
         return kernels.maxpool2d_int8(x_q, self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
