@@ -30,7 +30,16 @@ from functools import partial
 
 import numpy as np
 
-from minquant import fixedpoint, kernels
+from minquant import fixedpoint
+from minquant.kernels.directconv import (
+    conv2d_requantize_fixedpoint_trusted,
+    conv2d_requantize_float_trusted,
+)
+from minquant.kernels.requant import (
+    float_requant_params,
+    requantize_fixedpoint_trusted,
+    requantize_float_trusted,
+)
 from minquant.qnn.qparams import QParams
 
 __all__ = [
@@ -83,6 +92,9 @@ class _Requant:
         # is usually qmin already, but the clamp makes the fusion exact in every case.
         self.qmin = max(y_qp.qmin, y_qp.zero_point) if relu else y_qp.qmin
         self.qmax = y_qp.qmax
+        # NOTE: checked here, once: the kernels below are called without their own checks.
+        self._clamp = (int(y_qp.zero_point), int(self.qmin), int(self.qmax))
+        self._pad_value = int(input_qparams.zero_point)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The per-channel arrays ``__call__`` reads."""
@@ -144,6 +156,13 @@ class FixedPointRequant(_Requant):
         multiplier, shift = fixedpoint.quantize_multiplier(real_multiplier)
         self.multiplier = multiplier.astype(np.int32)  # (N,) M0 in [2^30, 2^31)
         self.shift = shift.astype(np.int8)  # (N,) in [-31, 30]: one byte is enough
+        # The kernels' operands, converted once: int64 per-channel arrays, the rounding flag.
+        self._kernel_args = (
+            self.bias_folded.astype(np.int64),
+            self.multiplier.astype(np.int64),
+            self.shift.astype(np.int64),
+        )
+        self._single = rounding == "single"
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"bias_folded": self.bias_folded, "multiplier": self.multiplier, "shift": self.shift}
@@ -154,18 +173,13 @@ class FixedPointRequant(_Requant):
 
     def __call__(self, acc: np.ndarray) -> np.ndarray:
         """int32 (M, N) raw accumulators -> int8 (M, N)."""
-        zero_point = self.output_qparams.zero_point
-        return kernels.requantize_fixedpoint(
-            acc, self.bias_folded, self.multiplier, self.shift, zero_point, self.qmin, self.qmax,
-            self.rounding,
-        )  # fmt: skip
+        return requantize_fixedpoint_trusted(acc, *self._kernel_args, *self._clamp, self._single)
 
     def conv2d(self, x_q: np.ndarray, w_q: np.ndarray, stride: int, padding: int) -> np.ndarray:
         """The fused direct convolution with this requantization: int8 (N, O, Ho, Wo)."""
-        pad_value, zero_point = self.input_qparams.zero_point, self.output_qparams.zero_point
-        return kernels.conv2d_requantize_fixedpoint(
-            x_q, w_q, self.bias_folded, self.multiplier, self.shift, stride, padding, pad_value,
-            zero_point, self.qmin, self.qmax, self.rounding,
+        return conv2d_requantize_fixedpoint_trusted(
+            x_q, w_q, *self._kernel_args, (stride, stride), (padding, padding), self._pad_value,
+            *self._clamp, self._single,
         )  # fmt: skip
 
     def extra_repr(self) -> str:
@@ -204,6 +218,10 @@ class FloatRequant(_Requant):
         self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)  # (N,)
         zp_correction = x_qp.zero_point * w2d.sum(axis=1, dtype=np.int64)  # (N,) z_x sum w_q
         self.zp_correction = zp_correction.astype(np.int32)  # (N,)
+        # The kernels' operands, computed once: float32 b / a and a / s_y per channel.
+        out_scale = np.float32(output_qparams.scale)
+        empty = np.empty((0, len(self.acc_scale)), np.int32)
+        self._kernel_args = float_requant_params(empty, self.bias, self.acc_scale, out_scale)
 
     def arrays(self) -> dict[str, np.ndarray]:
         named = {
@@ -220,18 +238,13 @@ class FloatRequant(_Requant):
     def __call__(self, acc: np.ndarray) -> np.ndarray:
         """int32 (M, N) raw accumulators -> int8 (M, N); ``acc`` is overwritten."""
         acc -= self.zp_correction  # (M, N) int32, exact: bounded when the layer was built
-        y_qp = self.output_qparams
-        return kernels.requantize_float(
-            acc, self.bias, self.acc_scale, np.float32(y_qp.scale), y_qp.zero_point, self.qmin,
-            self.qmax,
-        )  # fmt: skip
+        return requantize_float_trusted(acc, *self._kernel_args, *self._clamp)
 
     def conv2d(self, x_q: np.ndarray, w_q: np.ndarray, stride: int, padding: int) -> np.ndarray:
         """The fused direct convolution with this requantization: int8 (N, O, Ho, Wo)."""
-        x_qp, y_qp = self.input_qparams, self.output_qparams
-        return kernels.conv2d_requantize_float(
-            x_q, w_q, self.zp_correction, self.bias, self.acc_scale, np.float32(y_qp.scale),
-            stride, padding, x_qp.zero_point, y_qp.zero_point, self.qmin, self.qmax,
+        return conv2d_requantize_float_trusted(
+            x_q, w_q, self.zp_correction, *self._kernel_args, (stride, stride), (padding, padding),
+            self._pad_value, *self._clamp,
         )  # fmt: skip
 
 
