@@ -14,15 +14,17 @@ $$y_q = z_y + M \Big(\underbrace{\sum_k w_{q,nk}\, x_{q,k}}_{\text{int8 GEMM}}
 
 The sum in brackets is an exact int32 accumulator; the column sums of $W$ and the bias do
 not depend on the input, so they are folded into one int32 vector when the model is built.
-Only the multiplication by the real number $M$ remains, done in one of two styles:
+Only the multiplication by the real number $M$ remains, done by one of the two requantizers
+of :mod:`minquant.qnn.requant`, which a layer builds once and calls on every accumulator:
 
-* ``requant="fixedpoint"`` (TFLite/gemmlowp): $M = M_0 2^{shift}$ with an int32 $M_0$;
-  integer multiply, rounding shift, add $z_y$, clamp. No float anywhere. ``rounding``
-  picks TFLite's single rounding (``"single"``, the default) or gemmlowp's double rounding
-  (``"double"``), see :func:`minquant.fixedpoint.multiply_by_quantized_multiplier`.
-* ``requant="float"`` (PyTorch x86/fbgemm): the accumulator is converted to float32 and
-  multiplied by $M$ in float32, with a float bias (bit-exact with ``torch.ao`` quantized
-  modules).
+* ``requant="fixedpoint"`` (TFLite/gemmlowp, :class:`~minquant.qnn.requant.FixedPointRequant`):
+  $M = M_0 2^{shift}$ with an int32 $M_0$; integer multiply, rounding shift, add $z_y$,
+  clamp. No float anywhere. ``rounding`` picks TFLite's single rounding (``"single"``, the
+  default) or gemmlowp's double rounding (``"double"``), see
+  :func:`minquant.fixedpoint.multiply_by_quantized_multiplier`.
+* ``requant="float"`` (PyTorch x86/fbgemm, :class:`~minquant.qnn.requant.FloatRequant`): the
+  accumulator is converted to float32 and multiplied by $M$ in float32, with a float bias
+  (bit-exact with ``torch.ao`` quantized modules).
 
 A ReLU that follows a layer costs nothing: it is the clamp $y_q \ge z_y$ (0.0 is exactly
 the code $z_y$). Max pooling commutes with the (monotone) quantizer, so it runs on int8.
