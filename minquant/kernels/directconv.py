@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from minquant.fixedpoint import FIXEDPOINT_ROUNDINGS
-from minquant.kernels.gemm import check_int8, check_k, matmul_int8_ref
+from minquant.kernels.gemm import MAX_K, check_int8, check_k, matmul_int8_ref
 from minquant.kernels.im2col import _conv_geometry, im2col_int8_ref
 from minquant.kernels.requant import (
     _check_clamp,
@@ -125,7 +125,8 @@ def _check_conv(x_q, w_q, stride, padding, pad_value):
     (kh, kw), strides, paddings, _ = _conv_geometry(x_q, w_q.shape[2:], stride, padding)
     if not -128 <= pad_value <= 127:
         raise ValueError(f"pad_value must be an int8 value in [-128, 127], got {pad_value}")
-    check_k(w_q.shape[1] * kh * kw, prefix="C*kh*kw: ")
+    k = w_q.shape[1] * kh * kw
+    check_k(k, f"K = C*kh*kw = {k} > {MAX_K}: could overflow")
     return strides, paddings
 
 

@@ -63,21 +63,19 @@ def check_int8(name: str, x: np.ndarray, ndim: int) -> None:
         raise ValueError(f"{name} must be {ndim}-D ({ndim} dimensions), got shape {x.shape}")
 
 
-def check_k(k: int, prefix: str = "") -> None:
+def check_k(k: int, message: str = "") -> None:
     """Raise ValueError if ``k`` inputs per output could overflow the int32 accumulator.
 
-    The one K bound (:data:`MAX_K`) of the GEMM, the fused convolution and the layers.
+    The one K bound (:data:`MAX_K`) of the GEMM, the fused convolution and the layers;
+    ``message`` replaces the default error text (a caller naming its own arguments).
 
     >>> check_k(MAX_K + 1)
     Traceback (most recent call last):
-    ValueError: K = 131072 > 131071 = MAX_K: 131072 inputs per output exceeds 131071, so int32 \
-accumulation of int8 products could overflow
+    ValueError: K = 131072 > 131071: int32 accumulation of int8 products could overflow
     """
     if k > MAX_K:
-        raise ValueError(
-            f"{prefix}K = {k} > {MAX_K} = MAX_K: {k} inputs per output exceeds {MAX_K}, so "
-            "int32 accumulation of int8 products could overflow"
-        )
+        default = f"K = {k} > {MAX_K}: int32 accumulation of int8 products could overflow"
+        raise ValueError(message or default)
 
 
 def check_matmul_int8(a_q: np.ndarray, b_q: np.ndarray) -> None:

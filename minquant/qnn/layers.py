@@ -40,7 +40,7 @@ References:
 import numpy as np
 
 from minquant import kernels
-from minquant.kernels import check_int8, check_k
+from minquant.kernels import MAX_K, check_int8, check_k
 from minquant.nn.functional import conv_output_size
 from minquant.qnn.qparams import QParams, QuantizedModule
 from minquant.qnn.requant import DEFAULT_ROUNDING, requantizer
@@ -81,7 +81,11 @@ class _QuantizedGemm(QuantizedModule):
             )
         w2d = w_q.reshape(w_q.shape[0], -1)  # (N, K): one row per output channel
         n_out, k = w2d.shape
-        check_k(k, prefix=f"{name}: ")
+        check_k(
+            k,
+            f"{name}: K = {k} inputs per output exceeds {MAX_K}; the int32 accumulator "
+            "could overflow",
+        )
         w_scale = np.broadcast_to(np.asarray(w_scale, dtype=np.float32), (n_out,))  # (N,)
         self.input_qparams, self.output_qparams = input_qparams, output_qparams
         self.w_scale = w_scale.copy()  # (N,) for export and reports; forward does not read it
