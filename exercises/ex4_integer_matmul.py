@@ -9,7 +9,7 @@ $$\sum_k (a_{ik} - z_a)(b_{kj} - z_b) = \sum_k a_{ik} b_{kj} - z_b \sum_k a_{ik}
 
 The first sum is an int8 x int8 GEMM accumulated in int32; the column sums of the weights
 are computed once, when the model is built. Write every function with NumPy only, without
-calling ``minquant.kernels``, ``minquant.gemm`` or ``minquant.qnn``. Check your work with
+calling ``minquant.kernels`` or ``minquant.qnn``. Check your work with
 ``pytest exercises -m ex4``.
 
 References: B. Jacob et al., "Quantization and Training of Neural Networks for Efficient

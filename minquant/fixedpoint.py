@@ -40,7 +40,7 @@ INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 
 #: Rounding variants of :func:`multiply_by_quantized_multiplier`.
-ROUNDING_MODES = ("double", "single")
+FIXEDPOINT_ROUNDINGS = ("double", "single")
 
 
 def _as_int64(x: np.ndarray | int, name: str) -> np.ndarray:
@@ -194,11 +194,11 @@ def multiply_by_quantized_multiplier(
 
     >>> m, s = quantize_multiplier(0.35)
     >>> [multiply_by_quantized_multiplier(np.array([4]), m, s, rounding=r).item()
-    ...  for r in ROUNDING_MODES]
+    ...  for r in FIXEDPOINT_ROUNDINGS]
     [2, 1]
     """
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+    if rounding not in FIXEDPOINT_ROUNDINGS:
+        raise ValueError(f"rounding must be one of {FIXEDPOINT_ROUNDINGS}, got {rounding!r}")
     x = _as_int64(acc_int32, "acc_int32")
     multiplier = _as_int64(multiplier, "multiplier")
     shift = _as_exponent(shift, "shift", -31, 30)

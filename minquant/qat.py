@@ -45,6 +45,7 @@ import numpy as np
 
 from minquant import nn, ptq
 from minquant.fake_quant import FakeQuantize, _default_observer
+from minquant.qnn.model import QuantConfig
 from minquant.quant import quantize
 
 #: Training steps after which BatchNorm statistics are frozen (PyTorch's QAT recipes freeze
@@ -265,32 +266,18 @@ def prepare_qat(
         raise ValueError(f"freeze_bn_steps must be an int >= 0, got {freeze_bn_steps!r}")
     layers = [copy.deepcopy(layer) for layer in layers]
     out: list[nn.Module] = [_act_fake_quant(act_bits, learnable)]
-    i = 0
-    while i < len(layers):
-        layer = layers[i]
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            w_fq = _weight_fake_quant(weight_bits, per_channel, learnable)
-            if isinstance(layer, nn.Linear):
-                out.append(QATLinear(layer, w_fq))
-            else:
-                has_bn = i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d)
-                bn = layers[i + 1] if has_bn else None
-                out.append(QATConvBn2d(layer, bn, w_fq, freeze_bn_steps))
-                i += int(has_bn)
-            if i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU):
-                out.append(layers[i + 1])
-                i += 1
-            out.append(_act_fake_quant(act_bits, learnable))
-        elif isinstance(layer, (nn.ReLU, nn.MaxPool2d, nn.Flatten)):
-            out.append(layer)
-        elif isinstance(layer, nn.BatchNorm2d):
-            raise ValueError(f"prepare_qat: BatchNorm2d at index {i} must follow a Conv2d")
+    for group in ptq.group_layers(layers, "prepare_qat"):
+        if isinstance(group.layer, ptq.PLAIN_LAYERS):
+            out.append(group.layer)
+            continue
+        w_fq = _weight_fake_quant(weight_bits, per_channel, learnable)
+        if isinstance(group.layer, nn.Linear):
+            out.append(QATLinear(group.layer, w_fq))
         else:
-            raise ValueError(
-                f"prepare_qat: unsupported layer at index {i}: {layer!r} (supported: Conv2d, "
-                "BatchNorm2d after a Conv2d, Linear, ReLU, MaxPool2d, Flatten)"
-            )
-        i += 1
+            out.append(QATConvBn2d(group.layer, group.bn, w_fq, freeze_bn_steps))
+        if group.relu is not None:
+            out.append(group.relu)
+        out.append(_act_fake_quant(act_bits, learnable))
     return nn.Sequential(*out).train()
 
 
@@ -345,37 +332,29 @@ def convert(qat_model: nn.Sequential, requant: str = "float") -> ptq.QuantizedMo
                 "forward passes in training mode) before converting it"
             )
     act_bits = layers[0].num_bits
-    input_qp = ptq.activation_qparams(layers[0], act_bits, reduce_range=False)
+    input_qp = ptq.activation_qparams(layers[0], act_bits)
     steps, float_layers, x_qp = [], [], input_qp
     weight_bits, per_channel = None, None
-    i = 1
-    while i < len(layers):
-        layer = layers[i]
-        if isinstance(layer, (QATLinear, QATConvBn2d)):
-            group = [_float_layer(layer)]
-            if i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU):
-                group.append(layers[i + 1])
-                i += 1
-            act_fq = layers[i + 1] if i + 1 < len(layers) else None
-            if not isinstance(act_fq, FakeQuantize):
-                raise ValueError(f"convert: {layer._name()} is not followed by a FakeQuantize")
-            y_qp = ptq.activation_qparams(act_fq, act_bits, reduce_range=False)
-            w_fq = layer.weight_fake_quant
+    groups = ptq.group_layers(layers[1:], "convert", (QATLinear, QATConvBn2d), FakeQuantize)
+    for group in groups:
+        if isinstance(group.layer, ptq.PLAIN_LAYERS):
+            float_group, y_qp = [group.layer], x_qp
+            module, sim = ptq.convert_group(float_group, x_qp, y_qp, None, requant)
+        else:
+            float_layer = _float_layer(group.layer)
+            float_group = [float_layer] + ([group.relu] if group.relu is not None else [])
+            y_qp = ptq.activation_qparams(group.output_quant, act_bits)
+            w_fq = group.layer.weight_fake_quant
             scale, zero_point = w_fq.calculate_qparams()
             w_q = quantize(
-                group[0].weight.data, scale, zero_point, w_fq.qmin, w_fq.qmax, axis=w_fq.axis
+                float_layer.weight.data, scale, zero_point, w_fq.qmin, w_fq.qmax, axis=w_fq.axis
             ).astype(np.int8)
-            module, sim = ptq.convert_group(group, x_qp, y_qp, (w_q, scale), requant)
+            module, sim = ptq.convert_group(float_group, x_qp, y_qp, (w_q, scale), requant)
             weight_bits, per_channel = w_fq.num_bits, w_fq.axis is not None
-            i += 1
-        else:
-            group, y_qp = [layer], x_qp
-            module, sim = ptq.convert_group(group, x_qp, y_qp, None, requant)
-        steps.append(ptq.Step(float_layers=group, module=module, sim_layer=sim, qparams=y_qp))
-        float_layers += group
+        steps.append(ptq.Step(float_layers=float_group, module=module, sim_layer=sim, qparams=y_qp))
+        float_layers += float_group
         x_qp = y_qp
-        i += 1
-    config = dict(
+    config = QuantConfig(
         weight_bits=weight_bits,
         act_bits=act_bits,
         per_channel=per_channel,

@@ -230,7 +230,7 @@ def _torch_weight(module: QuantizedModule) -> torch.Tensor:
     from minquant import qnn
 
     torch = _torch()
-    w_q = module.w_packed.T.copy()  # (out, K): w_packed is the transposed weight
+    w_q = module.w_t.T.copy()  # (out, K): w_t is the transposed weight
     if isinstance(module, qnn.QuantizedConv2d):
         k = module.kernel_size
         w_q = w_q.reshape(module.out_channels, module.in_channels, k, k)  # (O, C, k, k)
@@ -258,7 +258,7 @@ def _gemm_to_torch(module: QuantizedModule) -> torch.nn.Module:
     else:
         cls = nniq.LinearReLU if module.relu else nnq.Linear
         out = cls(module.in_features, module.out_features)
-    bias = None if module.bias is None else _tensor(module.bias)
+    bias = None if module.requant.bias is None else _tensor(module.requant.bias)
     out.set_weight_bias(_torch_weight(module), bias)
     y_qp = module.output_qparams
     out.scale = float(y_qp.scale)
@@ -311,7 +311,7 @@ def to_torch_quantized(qmodel: QuantizedModel, engine: str = "x86") -> torch.nn.
     True
     """
     torch = _torch()
-    requant, act_bits = qmodel.config["requant"], qmodel.config["act_bits"]
+    requant, act_bits = qmodel.config.requant, qmodel.config.act_bits
     if requant != "float":
         raise ValueError(
             f"to_torch_quantized: qmodel must be built with requant='float' (PyTorch's "

@@ -8,7 +8,8 @@ rebuild that pipeline from the Numba kernels and compare.
 import numpy as np
 import pytest
 
-from minquant import directconv, kernels
+from minquant import kernels
+from minquant.kernels import directconv
 
 
 def random_int8(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -111,7 +112,7 @@ def test_directconv_runs_with_jit_disabled(run_without_jit):
     run_without_jit(
         """
         import numpy as np
-        from minquant import directconv
+        from minquant.kernels import directconv
         assert not hasattr(directconv._conv2d_requantize_fixedpoint_kernel, "signatures")
         rng = np.random.default_rng(0)
         x = rng.integers(-128, 128, (1, 2, 5, 5)).astype(np.int8)

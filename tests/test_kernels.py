@@ -338,7 +338,8 @@ def test_kernels_run_with_jit_disabled(run_without_jit):
     run_without_jit(
         """
         import numpy as np
-        from minquant import gemm, kernels
+        from minquant import kernels
+        from minquant.kernels import gemm
         assert not hasattr(gemm._matmul_int8_kernel, "signatures")  # plain Python
         rng = np.random.default_rng(0)
         a = rng.integers(-128, 128, (5, 7)).astype(np.int8)

@@ -106,8 +106,8 @@ def test_w8a8_accuracy_and_size():
     assert int_acc >= float_acc - 0.005, f"float {float_acc:.4f}, W8A8 {int_acc:.4f}"
     assert qmodel.nbytes <= 0.26 * qmodel.float_nbytes
     assert qmodel.float_nbytes == 4 * sum(p.data.size for p in fold_batchnorm(model).parameters())
-    assert qmodel.config["rounding"] == "single"
-    assert qmodel.steps[0].module.rounding == "single"
+    assert qmodel.config.rounding == "single"
+    assert qmodel.steps[0].module.requant.rounding == "single"
 
 
 # NOTE: at W8A8 every observer stays within 2 pp of float. The entropy (KL) observer is the
@@ -125,8 +125,8 @@ def test_every_observer(observer):
 def test_per_tensor_w4a8_and_mlp():
     X_calib, X_test, y_test = _data()
     _, qmodel = _pretrained_and_quantized(weight_bits=4, per_channel=False)
-    assert qmodel.steps[0].module.w_packed.max() <= 7
-    assert qmodel.steps[0].module.w_packed.min() >= -7
+    assert qmodel.steps[0].module.w_t.max() <= 7
+    assert qmodel.steps[0].module.w_t.min() >= -7
     assert np.mean(qmodel(X_test).argmax(1) == y_test) > 0.5
     rng = np.random.default_rng(2)
     mlp = models.mlp(rng=rng, hidden=(32, 16))
@@ -140,7 +140,7 @@ def test_per_tensor_w4a8_and_mlp():
     assert qmlp.steps[1].module.relu and not qmlp.steps[3].module.relu
     agree = np.mean(qmlp(X_test).argmax(1) == mlp(X_test).argmax(1))
     assert agree > 0.9
-    assert isinstance(qmlp, QuantizedModel)  # re-exported from minquant.qmodel
+    assert isinstance(qmlp, QuantizedModel)  # re-exported from minquant.qnn.model
 
 
 class _Dropout(nn.Module):

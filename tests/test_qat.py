@@ -182,7 +182,7 @@ def test_converted_model_agrees_with_qat_model(finetuned) -> None:
     int_pred = qmodel(X_test).argmax(axis=1)
     assert np.mean(int_pred == qat_pred) >= 0.995
     assert qmodel.forward_int(X_test[:4]).dtype == np.int8
-    assert qmodel.config["weight_bits"] == 4 and qmodel.config["act_bits"] == 4
+    assert qmodel.config.weight_bits == 4 and qmodel.config.act_bits == 4
 
 
 def test_converted_weights_are_the_trained_fake_quantized_weights(finetuned) -> None:
@@ -193,7 +193,7 @@ def test_converted_weights_are_the_trained_fake_quantized_weights(finetuned) -> 
     qat_model[1].weight_fake_quant.train()
     step = qmodel.steps[0]
     qmin, qmax = qrange(4, signed=True, narrow_range=True)
-    assert step.module.w_packed.min() >= qmin and step.module.w_packed.max() <= qmax
+    assert step.module.w_t.min() >= qmin and step.module.w_t.max() <= qmax
     np.testing.assert_array_equal(step.sim_layer.weight.data, w_hat)
 
 

@@ -6,7 +6,7 @@ from functools import cache
 from minquant import models
 from minquant.data import load_mnist
 from minquant.ptq import fold_batchnorm, quantize_model
-from minquant.qmodel import QuantizedModel
+from minquant.qnn.model import QuantizedModel
 
 
 @cache

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from minquant import qnn
+from minquant.kernels import MAX_K
 from minquant.qnn import (
-    MAX_K,
     QParams,
     QuantizedConv2d,
     QuantizedFlatten,
@@ -13,6 +12,7 @@ from minquant.qnn import (
     QuantizedMaxPool2d,
     QuantizedReLU,
 )
+from minquant.qnn import layers as qnn
 
 
 def _random_layer_data(rng, n_out, k, per_channel=True):
@@ -140,9 +140,9 @@ def test_nbytes_counts_stored_arrays():
     # int8 weights + int32 folded bias + int32 multiplier + int8 shift per channel
     assert layer.nbytes == 10 * 100 + 10 * (4 + 4 + 1)
     assert "QuantizedLinear(100, 10" in repr(layer) and "rounding='single'" in repr(layer)
-    # The GEMM reads the (out, in) rows in place: w_packed is their transposed view.
-    assert layer.w_packed.shape == (100, 10) and layer.w_packed.T.flags.c_contiguous
-    assert np.shares_memory(layer.w_packed, w_q)
+    # The GEMM reads the (out, in) rows in place: w_t is their transposed view.
+    assert layer.w_t.shape == (100, 10) and layer.w_t.T.flags.c_contiguous
+    assert np.shares_memory(layer.w_t, w_q)
 
 
 def test_packed_nbytes_counts_bits():

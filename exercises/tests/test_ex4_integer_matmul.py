@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from minquant import gemm, kernels, qnn
+from minquant import kernels, qnn
+from minquant.kernels import gemm
 
 pytestmark = pytest.mark.ex4
 
@@ -111,10 +112,10 @@ def quantized_linear(seed: int):
 def test_quantize_bias_and_accumulator_match_minquant(ex, seed):
     layer, w_q, w_scale, bias, x_qp, x_q = quantized_linear(seed)
     bias_q = ex.quantize_bias(bias, x_qp.scale, w_scale)
-    np.testing.assert_array_equal(bias_q, layer.bias_q)
+    np.testing.assert_array_equal(bias_q, layer.requant.bias_q)
     acc = ex.linear_accumulator(x_q, x_qp.zero_point, w_q, bias_q)
     assert acc.dtype == np.int32 and acc.shape == (9, 6)
-    expected = kernels.matmul_int8_ref(x_q, layer.w_packed) + layer.bias_folded
+    expected = kernels.matmul_int8_ref(x_q, layer.w_t) + layer.requant.bias_folded
     np.testing.assert_array_equal(acc, expected)
     # the real output: acc * s_x * s_w = dequantized x @ dequantized W^T + bias, up to the
     # rounding of the bias (half a step of the accumulator)

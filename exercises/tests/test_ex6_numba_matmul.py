@@ -6,7 +6,8 @@ import numba
 import numpy as np
 import pytest
 
-from minquant import gemm, kernels
+from minquant import kernels
+from minquant.kernels import gemm
 
 pytestmark = [
     pytest.mark.ex6,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minquant import qnn
-from minquant.qnn_base import Dequantize, QParams, Quantize, QuantizedModule
+from minquant.qnn.qparams import Dequantize, QParams, Quantize, QuantizedModule
 
 
 def test_edges():

@@ -4,8 +4,8 @@ $$y_q[n, o, i, j] = \mathrm{clip}\Big(z_{out} + M_o\big(\textstyle\sum_{c, dy, d
 x_q[n, c, i s + dy, j s + dx]\, w_q[o, c, dy, dx] + b_q[o]\big),\ q_{min},\ q_{max}\Big)$$
 
 with the per-channel multiplier $M_o$ applied in fixed point or in float32: exactly
-the same integers as :func:`minquant.kernels.im2col_int8` -> :func:`minquant.gemm.matmul_int8`
--> requantization (:mod:`minquant.requant`) -> NCHW, bit for bit, in one parallel pass. No
+the same integers as :func:`minquant.kernels.im2col_int8` -> :func:`minquant.kernels.matmul_int8`
+-> requantization (:mod:`minquant.kernels.requant`) -> NCHW, bit for bit, in one parallel pass. No
 im2col matrix, no int32 accumulator array and no NHWC -> NCHW transpose ever reach memory: each
 work item is one image; for every output row it fills an L1-sized accumulator (Wo, O), then
 requantizes it straight into the NCHW output. This pays off when K = C*kh*kw is too short to
@@ -27,19 +27,20 @@ References:
 import numpy as np
 from numba import njit, prange
 
-from minquant.fixedpoint import ROUNDING_MODES
-from minquant.gemm import MAX_K, _check_int8, matmul_int8_ref
-from minquant.kernels import _conv_geometry, im2col_int8_ref
-from minquant.requant import (
+from minquant.fixedpoint import FIXEDPOINT_ROUNDINGS
+from minquant.kernels.gemm import MAX_K, check_int8, check_k, matmul_int8_ref
+from minquant.kernels.im2col import _conv_geometry, im2col_int8_ref
+from minquant.kernels.requant import (
     _check_clamp,
     _check_requant,
-    _float_requant_params,
     _per_channel,
     _requant_fixedpoint_scalar,
     _requant_float_scalar,
+    float_requant_params,
     requantize_fixedpoint_ref,
     requantize_float_ref,
 )
+from minquant.nn.functional import conv_output_size
 
 __all__ = [
     "conv2d_requantize_fixedpoint",
@@ -115,17 +116,26 @@ def _conv2d_requantize_float_py(
 _conv2d_requantize_float_kernel = njit(cache=True, parallel=True)(_conv2d_requantize_float_py)
 
 
-def _conv_inputs(x_q, w_q, stride, padding, pad_value):
-    """Checked, padded input (N, C, Hp, Wp), int32 weights (C*kh*kw, O) and the output shape."""
-    _check_int8("w_q", w_q, ndim=4)
-    if x_q.ndim == 4 and w_q.shape[1] != x_q.shape[1]:
+def _check_conv(x_q, w_q, stride, padding, pad_value):
+    """Check the convolution's arguments; returns the (stride, padding) pairs."""
+    check_int8("x_q", x_q, ndim=4)
+    check_int8("w_q", w_q, ndim=4)
+    if w_q.shape[1] != x_q.shape[1]:
         raise ValueError(f"w_q {w_q.shape} (O, C, kh, kw) does not match x_q {x_q.shape}")
-    kernel = w_q.shape[2:]
-    (kh, kw), (sh, sw), (ph, pw), (h_out, w_out) = _conv_geometry(x_q, kernel, stride, padding)
+    (kh, kw), strides, paddings, _ = _conv_geometry(x_q, w_q.shape[2:], stride, padding)
     if not -128 <= pad_value <= 127:
         raise ValueError(f"pad_value must be an int8 value in [-128, 127], got {pad_value}")
-    if w_q.shape[1] * kh * kw > MAX_K:
-        raise ValueError(f"K = C*kh*kw = {w_q.shape[1] * kh * kw} > {MAX_K}: could overflow")
+    k = w_q.shape[1] * kh * kw
+    check_k(k, f"K = C*kh*kw = {k} > {MAX_K}: could overflow")
+    return strides, paddings
+
+
+def _conv_buffers(x_q, w_q, stride, padding, pad_value):
+    """Padded input (N, C, Hp, Wp), int32 weights (C*kh*kw, O) and the int8 output."""
+    kh, kw = w_q.shape[2:]
+    (sh, sw), (ph, pw) = stride, padding
+    h_out = conv_output_size(x_q.shape[2], kh, sh, ph)
+    w_out = conv_output_size(x_q.shape[3], kw, sw, pw)
     xp = np.pad(x_q, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
     w = np.ascontiguousarray(w_q.reshape(w_q.shape[0], -1).T, dtype=np.int32)  # (K, O)
     out = np.empty((x_q.shape[0], w_q.shape[0], h_out, w_out), dtype=np.int8)  # (N, O, Ho, Wo)
@@ -172,8 +182,8 @@ def conv2d_requantize_fixedpoint(
     x_q[n, c, i s + dy, j s + dx]\, w_q[o, c, dy, dx] + b_q[o]\big),\ q_{min},\ q_{max}\Big)$$
 
     with the input padded by ``pad_value`` (the input zero point). Equal, bit for bit, to
-    :func:`~minquant.kernels.im2col_int8` -> :func:`~minquant.gemm.matmul_int8` ->
-    :func:`~minquant.requant.requantize_fixedpoint` -> NCHW, but
+    :func:`~minquant.kernels.im2col_int8` -> :func:`~minquant.kernels.matmul_int8` ->
+    :func:`~minquant.kernels.requantize_fixedpoint` -> NCHW, but
     the int32 accumulators only ever live in one small row buffer per core.
     ``x_q`` int8 (N, C, H, W), ``w_q`` int8 (O, C, kh, kw); returns int8 (N, O, Ho, Wo).
 
@@ -183,19 +193,33 @@ def conv2d_requantize_fixedpoint(
     array([[ 4,  6],
            [10, 12]], dtype=int8)
     """
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
-    _check_int8("x_q", x_q, ndim=4)
-    xp, w, (kh, kw), (sh, sw), out = _conv_inputs(x_q, w_q, stride, padding, pad_value)
-    n_out = w.shape[1]
+    if rounding not in FIXEDPOINT_ROUNDINGS:
+        raise ValueError(f"rounding must be one of {FIXEDPOINT_ROUNDINGS}, got {rounding!r}")
+    stride, padding = _check_conv(x_q, w_q, stride, padding, pad_value)
+    n_out = w_q.shape[0]
     bias_q = _check_requant(np.empty((0, n_out), np.int32), bias_q, "bias_q", np.int64)
     multiplier = _per_channel(multiplier, n_out, "multiplier", np.int64)
     shift = _per_channel(shift, n_out, "shift", np.int64)
     _check_clamp(zero_point_out, qmin, qmax)
-    _conv2d_requantize_fixedpoint_kernel(
-        xp, w, sh, sw, kh, kw, bias_q, multiplier, shift,
-        int(zero_point_out), int(qmin), int(qmax), rounding == "single", out,
+    return conv2d_requantize_fixedpoint_trusted(
+        x_q, w_q, bias_q, multiplier, shift, stride, padding, pad_value,
+        int(zero_point_out), int(qmin), int(qmax), rounding == "single",
     )  # fmt: skip
+
+
+def conv2d_requantize_fixedpoint_trusted(
+    x_q, w_q, bias_q, multiplier, shift, stride, padding, pad_value, zero_point_out, qmin, qmax,
+    single,
+):  # fmt: skip
+    """:func:`conv2d_requantize_fixedpoint` without its checks, for a caller that made them.
+
+    ``stride`` and ``padding`` are pairs; ``bias_q``, ``multiplier``, ``shift`` int64 (O,);
+    the clamp as Python ints; ``single`` picks the rounding.
+    """
+    xp, w, (kh, kw), (sh, sw), out = _conv_buffers(x_q, w_q, stride, padding, pad_value)
+    _conv2d_requantize_fixedpoint_kernel(
+        xp, w, sh, sw, kh, kw, bias_q, multiplier, shift, zero_point_out, qmin, qmax, single, out
+    )
     return out
 
 
@@ -227,7 +251,7 @@ def conv2d_requantize_float(
     r"""Fused int8 convolution and float32 (PyTorch x86) requantization, one parallel pass.
 
     The accumulator of :func:`conv2d_requantize_fixedpoint`, minus ``zp_correction`` (int32
-    (O,): $z_{in} \sum w_q$), requantized as :func:`~minquant.requant.requantize_float`.
+    (O,): $z_{in} \sum w_q$), requantized as :func:`~minquant.kernels.requantize_float`.
     Returns int8 (N, O, Ho, Wo), bit-exact with the im2col -> GEMM -> ``requantize_float``
     pipeline.
 
@@ -238,15 +262,30 @@ def conv2d_requantize_float(
     array([[ 4,  6],
            [10, 12]], dtype=int8)
     """
-    _check_int8("x_q", x_q, ndim=4)
-    xp, w, (kh, kw), (sh, sw), out = _conv_inputs(x_q, w_q, stride, padding, pad_value)
-    n_out = w.shape[1]
+    stride, padding = _check_conv(x_q, w_q, stride, padding, pad_value)
+    n_out = w_q.shape[0]
     empty = np.empty((0, n_out), np.int32)
-    bias_over_scale, multiplier = _float_requant_params(empty, bias, acc_scale, out_scale)
+    bias_over_scale, multiplier = float_requant_params(empty, bias, acc_scale, out_scale)
     zp_correction = _per_channel(zp_correction, n_out, "zp_correction", np.int32)
     _check_clamp(zero_point_out, qmin, qmax)
+    return conv2d_requantize_float_trusted(
+        x_q, w_q, zp_correction, bias_over_scale, multiplier, stride, padding, pad_value,
+        int(zero_point_out), int(qmin), int(qmax),
+    )  # fmt: skip
+
+
+def conv2d_requantize_float_trusted(
+    x_q, w_q, zp_correction, bias_over_scale, multiplier, stride, padding, pad_value,
+    zero_point_out, qmin, qmax,
+):  # fmt: skip
+    """:func:`conv2d_requantize_float` without its checks, for a caller that made them.
+
+    ``stride`` and ``padding`` are pairs; ``zp_correction`` int32 (O,); ``bias_over_scale``
+    and ``multiplier`` float32 (O,) from ``float_requant_params``; the clamp as Python ints.
+    """
+    xp, w, (kh, kw), (sh, sw), out = _conv_buffers(x_q, w_q, stride, padding, pad_value)
     _conv2d_requantize_float_kernel(
-        xp, w, sh, sw, kh, kw, zp_correction, bias_over_scale, multiplier,
-        int(zero_point_out), int(qmin), int(qmax), out,
+        xp, w, sh, sw, kh, kw, zp_correction, bias_over_scale, multiplier, zero_point_out, qmin,
+        qmax, out,
     )  # fmt: skip
     return out

@@ -19,7 +19,7 @@ References:
 import numpy as np
 from numba import njit, prange
 
-from minquant.fixedpoint import ROUNDING_MODES, multiply_by_quantized_multiplier
+from minquant.fixedpoint import FIXEDPOINT_ROUNDINGS, multiply_by_quantized_multiplier
 
 
 def _check_requant(acc, bias, name, bias_dtype):
@@ -160,25 +160,50 @@ def requantize_fixedpoint(
     >>> requantize_fixedpoint(acc, None, m, s, 0, -128, 127, rounding="double")
     array([[-25, -25]], dtype=int8)
     """
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+    if rounding not in FIXEDPOINT_ROUNDINGS:
+        raise ValueError(f"rounding must be one of {FIXEDPOINT_ROUNDINGS}, got {rounding!r}")
     bias_q = _check_requant(acc, bias_q, "bias_q", np.int64)
     n = acc.shape[1]
     multiplier = _per_channel(multiplier, n, "multiplier", np.int64)
     shift = _per_channel(shift, n, "shift", np.int64)
     _check_clamp(zero_point_out, qmin, qmax)
+    single = rounding == "single"
+    clamp = (int(zero_point_out), int(qmin), int(qmax))
+    return requantize_fixedpoint_trusted(acc, bias_q, multiplier, shift, *clamp, single)
+
+
+def requantize_fixedpoint_trusted(
+    acc: np.ndarray,
+    bias_q: np.ndarray,
+    multiplier: np.ndarray,
+    shift: np.ndarray,
+    zero_point_out: int,
+    qmin: int,
+    qmax: int,
+    single: bool,
+) -> np.ndarray:
+    """:func:`requantize_fixedpoint` without its checks, for a caller that made them once.
+
+    ``acc`` int32 (M, N); ``bias_q``, ``multiplier``, ``shift`` int64 (N,); the clamp as
+    Python ints with ``qmin <= zero_point_out <= qmax`` in int8; ``single`` picks the rounding.
+    """
     # NOTE: acc + bias and the left shift are done in int64 and assumed to fit int32, which
     # the caller guarantees (K <= MAX_K, shift <= 0 for M < 1); the reference checks it.
-    out = np.empty(acc.shape, dtype=np.int8)
-    single = rounding == "single"
+    out = np.empty(acc.shape, dtype=np.int8)  # (M, N)
     _requantize_fixedpoint_kernel(
-        acc, bias_q, multiplier, shift, int(zero_point_out), int(qmin), int(qmax), single, out
+        acc, bias_q, multiplier, shift, zero_point_out, qmin, qmax, single, out
     )
     return out
 
 
-def _float_requant_params(acc, bias, acc_scale, out_scale):
-    """float32 per-channel ``bias / acc_scale`` and ``acc_scale / out_scale``, as fbgemm."""
+def float_requant_params(
+    acc: np.ndarray, bias: np.ndarray | None, acc_scale: np.ndarray | float, out_scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 per-channel ``bias / acc_scale`` and ``acc_scale / out_scale``, as fbgemm.
+
+    Checked against ``acc`` int32 (M, N) (M may be 0): the arguments of
+    :func:`requantize_float_trusted` and of the fused float convolution.
+    """
     bias = _check_requant(acc, bias, "bias", np.float32)
     acc_scale = _per_channel(acc_scale, acc.shape[1], "acc_scale", np.float32)
     out_scale = np.float32(out_scale)
@@ -205,7 +230,7 @@ def requantize_float_ref(
     qmax: int,
 ) -> np.ndarray:
     """NumPy reference of :func:`requantize_float` (float32 throughout)."""
-    bias_over_scale, multiplier = _float_requant_params(acc, bias, acc_scale, out_scale)
+    bias_over_scale, multiplier = float_requant_params(acc, bias, acc_scale, out_scale)
     _check_clamp(zero_point_out, qmin, qmax)
     x = acc.astype(np.float32) + bias_over_scale  # (M, N) float32
     y = np.rint(x * multiplier).astype(np.int64) + zero_point_out  # (M, N)
@@ -258,10 +283,25 @@ def requantize_float(
     >>> requantize_float(acc, None, 0.5, 1.0, zero_point_out=-3, qmin=-128, qmax=127)
     array([[  47,  -53,  127]], dtype=int8)
     """
-    bias_over_scale, multiplier = _float_requant_params(acc, bias, acc_scale, out_scale)
+    bias_over_scale, multiplier = float_requant_params(acc, bias, acc_scale, out_scale)
     _check_clamp(zero_point_out, qmin, qmax)
-    out = np.empty(acc.shape, dtype=np.int8)
-    _requantize_float_kernel(
-        acc, bias_over_scale, multiplier, int(zero_point_out), int(qmin), int(qmax), out
-    )
+    clamp = (int(zero_point_out), int(qmin), int(qmax))
+    return requantize_float_trusted(acc, bias_over_scale, multiplier, *clamp)
+
+
+def requantize_float_trusted(
+    acc: np.ndarray,
+    bias_over_scale: np.ndarray,
+    multiplier: np.ndarray,
+    zero_point_out: int,
+    qmin: int,
+    qmax: int,
+) -> np.ndarray:
+    """:func:`requantize_float` without its checks, for a caller that made them once.
+
+    ``acc`` int32 (M, N); ``bias_over_scale`` and ``multiplier`` float32 (N,), as
+    ``float_requant_params`` computes them; the clamp as Python ints.
+    """
+    out = np.empty(acc.shape, dtype=np.int8)  # (M, N)
+    _requantize_float_kernel(acc, bias_over_scale, multiplier, zero_point_out, qmin, qmax, out)
     return out

@@ -47,27 +47,46 @@ MC = 32
 PANEL_BYTES = 256 * 1024
 
 
-def _check_int8(name: str, x: np.ndarray, ndim: int) -> None:
-    """Raise TypeError / ValueError unless ``x`` is an int8 ndarray with ``ndim`` dimensions."""
+def check_int8(name: str, x: np.ndarray, ndim: int) -> None:
+    """Raise TypeError / ValueError unless ``x`` is an int8 ndarray with ``ndim`` dimensions.
+
+    The one int8 check of the kernels and the integer layers; ``name`` is the argument.
+
+    >>> check_int8("x_q", np.zeros((2, 3), np.int16), ndim=2)
+    Traceback (most recent call last):
+    TypeError: x_q must be an int8 ndarray, got int16
+    """
     if not isinstance(x, np.ndarray) or x.dtype != np.int8:
         dtype = getattr(x, "dtype", type(x).__name__)
         raise TypeError(f"{name} must be an int8 ndarray, got {dtype}")
     if x.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {x.shape}")
+        raise ValueError(f"{name} must be {ndim}-D ({ndim} dimensions), got shape {x.shape}")
+
+
+def check_k(k: int, message: str = "") -> None:
+    """Raise ValueError if ``k`` inputs per output could overflow the int32 accumulator.
+
+    The one K bound (:data:`MAX_K`) of the GEMM, the fused convolution and the layers;
+    ``message`` replaces the default error text (a caller naming its own arguments).
+
+    >>> check_k(MAX_K + 1)
+    Traceback (most recent call last):
+    ValueError: K = 131072 > 131071: int32 accumulation of int8 products could overflow
+    """
+    if k > MAX_K:
+        default = f"K = {k} > {MAX_K}: int32 accumulation of int8 products could overflow"
+        raise ValueError(message or default)
 
 
 def check_matmul_int8(a_q: np.ndarray, b_q: np.ndarray) -> None:
     """Raise TypeError / ValueError unless ``a_q`` (M, K) @ ``b_q`` (K, N) is a valid int8 GEMM."""
-    _check_int8("a_q", a_q, ndim=2)
-    _check_int8("b_q", b_q, ndim=2)
+    check_int8("a_q", a_q, ndim=2)
+    check_int8("b_q", b_q, ndim=2)
     if a_q.shape[1] != b_q.shape[0]:
         raise ValueError(
             f"inner dimensions differ: a_q {a_q.shape} (M, K) and b_q {b_q.shape} (K, N)"
         )
-    if a_q.shape[1] > MAX_K:
-        raise ValueError(
-            f"K = {a_q.shape[1]} > {MAX_K}: int32 accumulation of int8 products could overflow"
-        )
+    check_k(a_q.shape[1])
 
 
 def matmul_int8_ref(a_q: np.ndarray, b_q: np.ndarray) -> np.ndarray:

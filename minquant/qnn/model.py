@@ -20,15 +20,38 @@ Reference: B. Jacob et al., "Quantization and Training of Neural Networks for Ef
 Integer-Arithmetic-Only Inference", CVPR 2018 (arXiv:1712.05877).
 """
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
 
 from minquant import nn
-from minquant.qnn import Dequantize, QParams, Quantize, QuantizedModule
+from minquant.qnn.qparams import Dequantize, QParams, Quantize, QuantizedModule
+from minquant.qnn.requant import DEFAULT_ROUNDING
 from minquant.quant import fake_quantize, sqnr
 
-__all__ = ["QuantizedModel", "Step"]
+__all__ = ["QuantConfig", "QuantizedModel", "Step"]
+
+#: Width of the lines of ``repr(QuantizedModel)``: longer module lines wrap between arguments.
+REPR_WIDTH = 100
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How a :class:`QuantizedModel` was built (read by its repr, sizes and the torch bridge).
+
+    >>> QuantConfig(weight_bits=8, act_bits=8, per_channel=True, observer="minmax")
+    QuantConfig(weight_bits=8, act_bits=8, per_channel=True, observer='minmax', \
+requant='fixedpoint', reduce_range=False, rounding='single')
+    """
+
+    weight_bits: int  # bits per weight code, 2 to 8 (stored one code per int8)
+    act_bits: int  # bits per activation code, 2 to 8
+    per_channel: bool  # one weight scale per output channel (else one per tensor)
+    observer: str  # the activation observer (a name of minquant.ptq.OBSERVERS, or "qat")
+    requant: str = "fixedpoint"  # "fixedpoint" (TFLite, integers only) or "float" (PyTorch)
+    reduce_range: bool = False  # activations calibrated one bit narrower (PyTorch x86)
+    rounding: str = DEFAULT_ROUNDING  # fixed-point multiply: "single" (TFLite) or "double"
 
 
 @dataclass
@@ -56,7 +79,7 @@ class QuantizedModel:
         steps: list[Step],
         input_qparams: QParams,
         float_model: nn.Sequential,
-        config: dict,
+        config: QuantConfig,
         batch_size: int = 1000,
     ) -> None:
         self.steps = steps
@@ -88,7 +111,7 @@ class QuantizedModel:
         :meth:`minquant.qnn.QuantizedLinear.packed_nbytes`) plus biases, multipliers and
         shifts at their own size. Equal to :attr:`nbytes` for 8-bit weights.
         """
-        weight_bits = self.config["weight_bits"]
+        weight_bits = self.config.weight_bits
         return sum(step.module.packed_nbytes(weight_bits) for step in self.steps)
 
     @property
@@ -158,28 +181,36 @@ class QuantizedModel:
         x_hat = (x_q.astype(np.float32) - qp.zero_point) * np.float32(qp.scale)
         return {"layer": name, "sqnr_db": sqnr(x_f, x_hat), "sim_sqnr_db": sqnr(x_f, x_s)}
 
-    def _rounding(self) -> str | None:
-        """The fixed-point rounding of the Conv2d/Linear modules (None for float requant)."""
+    def _requant_repr(self) -> str:
+        """The requantizer of the Conv2d/Linear modules, as its repr shows it."""
         for step in self.steps:
-            if getattr(step.module, "requant", None) == "fixedpoint":
-                return step.module.rounding
-        return None
+            requant = getattr(step.module, "requant", None)
+            if requant is not None:
+                return requant.extra_repr()
+        return f"requant={self.config.requant!r}"
 
     def __repr__(self) -> str:
         c = self.config
-        rounding = self._rounding()
-        requant = f"requant={c['requant']!r}"
-        if rounding is not None:
-            requant += f", rounding={rounding!r}"
         fp32 = self.float_nbytes
         lines = [
-            f"QuantizedModel(W{c['weight_bits']}A{c['act_bits']}, "
-            f"per_channel={c['per_channel']}, observer={c['observer']!r}, "
-            f"{requant}, reduce_range={c['reduce_range']},",
+            f"QuantizedModel(W{c.weight_bits}A{c.act_bits}, per_channel={c.per_channel}, "
+            f"observer={c.observer!r}, reduce_range={c.reduce_range},",
+            f"  {self._requant_repr()},",
             f"  nbytes={self.nbytes:,} ({self.nbytes / fp32:.1%} of float32 {fp32:,}), "
             f"packed_nbytes={self.packed_nbytes:,} ({self.packed_nbytes / fp32:.1%})",
             f"  (input): {self.quantize!r}",
         ]
         lines += [f"  ({i}): {step.module!r}" for i, step in enumerate(self.steps)]
         lines += [f"  (output): {self.dequantize!r}", ")"]
-        return "\n".join(lines)
+        # NOTE: wrap between arguments only (at ", "), never inside a name or a number.
+        wrapped = [
+            textwrap.fill(
+                line,
+                REPR_WIDTH,
+                subsequent_indent=" " * 6,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            for line in lines
+        ]
+        return "\n".join(wrapped)

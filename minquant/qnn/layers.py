@@ -14,15 +14,17 @@ $$y_q = z_y + M \Big(\underbrace{\sum_k w_{q,nk}\, x_{q,k}}_{\text{int8 GEMM}}
 
 The sum in brackets is an exact int32 accumulator; the column sums of $W$ and the bias do
 not depend on the input, so they are folded into one int32 vector when the model is built.
-Only the multiplication by the real number $M$ remains, done in one of two styles:
+Only the multiplication by the real number $M$ remains, done by one of the two requantizers
+of :mod:`minquant.qnn.requant`, which a layer builds once and calls on every accumulator:
 
-* ``requant="fixedpoint"`` (TFLite/gemmlowp): $M = M_0 2^{shift}$ with an int32 $M_0$;
-  integer multiply, rounding shift, add $z_y$, clamp. No float anywhere. ``rounding``
-  picks TFLite's single rounding (``"single"``, the default) or gemmlowp's double rounding
-  (``"double"``), see :func:`minquant.fixedpoint.multiply_by_quantized_multiplier`.
-* ``requant="float"`` (PyTorch x86/fbgemm): the accumulator is converted to float32 and
-  multiplied by $M$ in float32, with a float bias (bit-exact with ``torch.ao`` quantized
-  modules).
+* ``requant="fixedpoint"`` (TFLite/gemmlowp, :class:`~minquant.qnn.requant.FixedPointRequant`):
+  $M = M_0 2^{shift}$ with an int32 $M_0$; integer multiply, rounding shift, add $z_y$,
+  clamp. No float anywhere. ``rounding`` picks TFLite's single rounding (``"single"``, the
+  default) or gemmlowp's double rounding (``"double"``), see
+  :func:`minquant.fixedpoint.multiply_by_quantized_multiplier`.
+* ``requant="float"`` (PyTorch x86/fbgemm, :class:`~minquant.qnn.requant.FloatRequant`): the
+  accumulator is converted to float32 and multiplied by $M$ in float32, with a float bias
+  (bit-exact with ``torch.ao`` quantized modules).
 
 A ReLU that follows a layer costs nothing: it is the clamp $y_q \ge z_y$ (0.0 is exactly
 the code $z_y$). Max pooling commutes with the (monotone) quantizer, so it runs on int8.
@@ -37,48 +39,28 @@ References:
 
 import numpy as np
 
-from minquant import directconv, fixedpoint, kernels
-from minquant.kernels import MAX_K
-
-# The quantization edges and the base class live in minquant.qnn_base; they are
-# re-exported here so that every integer module is importable from minquant.qnn.
-from minquant.qnn_base import Dequantize, QParams, Quantize, QuantizedModule, _check_int8
+from minquant import kernels
+from minquant.kernels import MAX_K, check_int8, check_k
+from minquant.nn.functional import conv_output_size
+from minquant.qnn.qparams import QParams, QuantizedModule
+from minquant.qnn.requant import DEFAULT_ROUNDING, requantizer
 
 __all__ = [
     "DIRECT_CONV_MAX_K",
-    "REQUANT_MODES",
-    "Dequantize",
-    "QParams",
-    "Quantize",
     "QuantizedConv2d",
     "QuantizedFlatten",
     "QuantizedLinear",
     "QuantizedMaxPool2d",
-    "QuantizedModule",
     "QuantizedReLU",
 ]
-
-#: Requantization styles of :class:`QuantizedLinear` and :class:`QuantizedConv2d`.
-REQUANT_MODES = ("fixedpoint", "float")
-
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 #: Convolutions with at most this many inputs per output (C * k * k) skip im2col: a direct
 #: loop is faster when K is too short to fill the GEMM's vectorised k loop (conv1: K = 9).
 DIRECT_CONV_MAX_K = 32
 
 
-def _check_accumulator(name: str, bound: int) -> None:
-    if bound > INT32_MAX:
-        raise ValueError(
-            f"{name}: the int32 accumulator could reach {bound:,} > 2^31 - 1 = {INT32_MAX:,} "
-            "(K inputs times the widest input code distance from the zero point times the "
-            "largest |w_q|, plus the bias); use fewer inputs per output or a narrower range"
-        )
-
-
 class _QuantizedGemm(QuantizedModule):
-    """Shared core of Linear and Conv2d: int8 GEMM, zero-point correction, requantization."""
+    """Shared core of Linear and Conv2d: int8 GEMM, then one requantizer (both built here)."""
 
     def __init__(
         self,
@@ -92,75 +74,30 @@ class _QuantizedGemm(QuantizedModule):
         rounding: str,
     ) -> None:
         name = type(self).__name__
-        if requant not in REQUANT_MODES:
-            raise ValueError(f"{name}: requant must be one of {REQUANT_MODES}, got {requant!r}")
-        if rounding not in fixedpoint.ROUNDING_MODES:
-            raise ValueError(
-                f"{name}: rounding must be one of {fixedpoint.ROUNDING_MODES}, got {rounding!r}"
-            )
+        make_requant = requantizer(requant, rounding)
         if not isinstance(w_q, np.ndarray) or w_q.dtype != np.int8:
             raise TypeError(
                 f"{name}: w_q must be an int8 ndarray, got {getattr(w_q, 'dtype', w_q)}"
             )
         w2d = w_q.reshape(w_q.shape[0], -1)  # (N, K): one row per output channel
         n_out, k = w2d.shape
-        if k > MAX_K:
-            raise ValueError(
-                f"{name}: K = {k} inputs per output exceeds {MAX_K}; the int32 accumulator "
-                "could overflow"
-            )
+        check_k(
+            k,
+            f"{name}: K = {k} inputs per output exceeds {MAX_K}; the int32 accumulator "
+            "could overflow",
+        )
         w_scale = np.broadcast_to(np.asarray(w_scale, dtype=np.float32), (n_out,))  # (N,)
-        x_qp, y_qp = input_qparams, output_qparams
-        self.input_qparams, self.output_qparams = x_qp, y_qp
+        self.input_qparams, self.output_qparams = input_qparams, output_qparams
         self.w_scale = w_scale.copy()  # (N,) for export and reports; forward does not read it
-        self.relu, self.requant = bool(relu), requant
-        self.rounding = rounding  # read by "fixedpoint" only
+        self.relu = bool(relu)
         self.in_features, self.out_features = k, n_out
         # NOTE: matmul_int8(A, B) reads B through B^T (N, K) with contiguous rows: a (K, N)
         # view of the row-major (N, K) weights is exactly that layout, so no call copies it.
-        self.w_packed = np.ascontiguousarray(w2d).T  # (K, N) view of (N, K) rows
-        # NOTE: ReLU is the clamp at the code of 0.0; the observer saw only y >= 0, so this
-        # is usually qmin already, but the clamp makes the fusion exact in every case.
-        self.clamp_min = max(y_qp.qmin, y_qp.zero_point) if relu else y_qp.qmin
-        col_sums = w2d.sum(axis=1, dtype=np.int64)  # (N,)
-        zp_correction = x_qp.zero_point * col_sums  # (N,): z_x * sum_k w_q
-        # NOTE: both styles compute sum_k (x - z_x) w_q (+ the int32 bias) in int32. Bound it
-        # by the widest |x - z_x| the input range allows times the largest |w_q|, so that an
-        # overflow is an error here, never a silent wrap at run time.
-        x_span = max(x_qp.qmax - x_qp.zero_point, x_qp.zero_point - x_qp.qmin)
-        acc_bound = k * x_span * int(np.abs(w2d.astype(np.int64)).max(initial=0))
-        if requant == "fixedpoint":
-            acc_scale = np.float64(x_qp.scale) * w_scale.astype(np.float64)  # (N,) s_x s_w
-            # NOTE: TFLite folds bias and zero-point term into one int32 vector; the bias is
-            # rounded half to even (np.rint) from float64.
-            bias_q = np.zeros(n_out, np.int64) if bias is None else np.rint(bias / acc_scale)
-            folded = bias_q.astype(np.int64) - zp_correction  # (N,)
-            if folded.min() < INT32_MIN or folded.max() > INT32_MAX:
-                raise ValueError(
-                    f"{name}: bias / (s_in * s_w) - z_in * sum(w_q) does not fit in int32 "
-                    f"(range [{folded.min()}, {folded.max()}]); the weight scale is too small"
-                )
-            _check_accumulator(name, acc_bound + int(np.abs(bias_q).max(initial=0)))
-            self.bias_q = bias_q.astype(np.int32)  # (N,) kept for the simulation
-            self.bias_folded = folded.astype(np.int32)  # (N,)
-            real_multiplier = acc_scale / np.float64(y_qp.scale)  # (N,) M = s_x s_w / s_y
-            multiplier, shift = fixedpoint.quantize_multiplier(real_multiplier)
-            self.multiplier = multiplier.astype(np.int32)  # (N,) M0 in [2^30, 2^31)
-            self.shift = shift.astype(np.int8)  # (N,) in [-31, 30]: one byte is enough
-        else:
-            # NOTE: float32 product, as fbgemm's act_times_w_scale; the zero-point term is
-            # subtracted in int32 and the float bias is added after conversion to float.
-            _check_accumulator(name, acc_bound)
-            self.acc_scale = (np.float32(x_qp.scale) * w_scale).astype(np.float32)  # (N,)
-            self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)  # (N,)
-            self.zp_correction = zp_correction.astype(np.int32)  # (N,)
+        self.w_t = np.ascontiguousarray(w2d).T  # (K, N) transposed view of the (N, K) rows
+        self.requant = make_requant(w2d, self.w_scale, bias, input_qparams, output_qparams, relu)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        if self.requant == "fixedpoint":
-            names = ("w_packed", "bias_folded", "multiplier", "shift")
-        else:
-            names = ("w_packed", "bias", "zp_correction", "acc_scale")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        return {"w_t": self.w_t, **self.requant.arrays()}
 
     def packed_nbytes(self, weight_bits: int = 8) -> int:
         r"""Bytes with the weight codes packed at ``weight_bits`` bits each, as stored on disk.
@@ -180,7 +117,7 @@ class _QuantizedGemm(QuantizedModule):
         if not 2 <= weight_bits <= 8:
             raise ValueError(f"weight_bits must be in [2, 8], got {weight_bits}")
         qmin, qmax = -(2 ** (weight_bits - 1)), 2 ** (weight_bits - 1) - 1
-        w = self.w_packed
+        w = self.w_t
         if w.size and (w.min() < qmin or w.max() > qmax):
             raise ValueError(
                 f"weight codes in [{w.min()}, {w.max()}] do not fit {weight_bits} bits "
@@ -190,39 +127,10 @@ class _QuantizedGemm(QuantizedModule):
         weight_bytes = -(-w.size * int(weight_bits) // 8)  # ceil(N K b / 8)
         return weight_bytes + self.nbytes - w.nbytes
 
-    def _gemm_requantize(self, a_q: np.ndarray) -> np.ndarray:
-        """int8 (M, K) -> int8 (M, N): the whole integer pipeline of one layer."""
-        acc = kernels.matmul_int8(a_q, self.w_packed)  # (M, N) int32, exact
-        y_qp = self.output_qparams
-        if self.requant == "fixedpoint":
-            return kernels.requantize_fixedpoint(
-                acc,
-                self.bias_folded,
-                self.multiplier,
-                self.shift,
-                y_qp.zero_point,
-                self.clamp_min,
-                y_qp.qmax,
-                self.rounding,
-            )
-        acc -= self.zp_correction  # (M, N) int32, exact: bounded when the layer was built
-        return kernels.requantize_float(
-            acc,
-            self.bias,
-            self.acc_scale,
-            np.float32(y_qp.scale),
-            y_qp.zero_point,
-            self.clamp_min,
-            y_qp.qmax,
-        )
-
     def _gemm_repr(self) -> str:
         y_qp = self.output_qparams
-        requant = f"requant={self.requant!r}"
-        if self.requant == "fixedpoint":
-            requant += f", rounding={self.rounding!r}"
         return (
-            f"relu={self.relu}, {requant}, "
+            f"relu={self.relu}, {self.requant.extra_repr()}, "
             f"out_scale={y_qp.scale:.6g}, out_zero_point={y_qp.zero_point}"
         )
 
@@ -250,19 +158,20 @@ class QuantizedLinear(_QuantizedGemm):
         output_qparams: QParams,
         relu: bool = False,
         requant: str = "fixedpoint",
-        rounding: str = "single",
+        rounding: str = DEFAULT_ROUNDING,
     ) -> None:
         if w_q.ndim != 2:
             raise ValueError(f"QuantizedLinear: w_q must be (out, in), got shape {w_q.shape}")
         super().__init__(w_q, w_scale, bias, input_qparams, output_qparams, relu, requant, rounding)
 
     def forward(self, x_q: np.ndarray) -> np.ndarray:
-        _check_int8("QuantizedLinear", x_q, ndim=2)
+        check_int8("QuantizedLinear: x_q", x_q, ndim=2)
         if x_q.shape[1] != self.in_features:
             raise ValueError(
                 f"QuantizedLinear: expected input (N, {self.in_features}), got {x_q.shape}"
             )
-        return self._gemm_requantize(x_q)  # (N, out)
+        acc = kernels.matmul_int8(x_q, self.w_t)  # (N, out) int32, exact
+        return self.requant(acc)  # (N, out) int8
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, {self._gemm_repr()}"
@@ -294,7 +203,7 @@ class QuantizedConv2d(_QuantizedGemm):
         padding: int = 0,
         relu: bool = False,
         requant: str = "fixedpoint",
-        rounding: str = "single",
+        rounding: str = DEFAULT_ROUNDING,
     ) -> None:
         if w_q.ndim != 4 or w_q.shape[2] != w_q.shape[3]:
             raise ValueError(f"QuantizedConv2d: w_q must be (out, in, k, k), got shape {w_q.shape}")
@@ -303,37 +212,24 @@ class QuantizedConv2d(_QuantizedGemm):
         self.kernel_size, self.stride, self.padding = w_q.shape[2], int(stride), int(padding)
 
     def forward(self, x_q: np.ndarray) -> np.ndarray:
-        _check_int8("QuantizedConv2d", x_q, ndim=4)
+        check_int8("QuantizedConv2d: x_q", x_q, ndim=4)
         if x_q.shape[1] != self.in_channels:
             raise ValueError(
                 f"QuantizedConv2d: expected input (N, {self.in_channels}, H, W), got {x_q.shape}"
             )
         n, _, h, w = x_q.shape
         k, s, p = self.kernel_size, self.stride, self.padding
-        h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        h_out, w_out = conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
         pad_value = self.input_qparams.zero_point
         if self.in_features <= DIRECT_CONV_MAX_K:
-            return self._direct_conv(x_q)  # (N, O, Ho, Wo)
+            # NOTE: the same integers in one fused pass: no im2col, no int32 array.
+            w_q = self.w_t.T.reshape(self.out_channels, self.in_channels, k, k)  # (O, C, k, k)
+            return self.requant.conv2d(x_q, w_q, s, p)  # (N, O, Ho, Wo)
         cols = kernels.im2col_int8(x_q, k, s, p, pad_value)  # (N*Ho*Wo, C*k*k)
-        y_q = self._gemm_requantize(cols)  # (N*Ho*Wo, O)
+        acc = kernels.matmul_int8(cols, self.w_t)  # (N*Ho*Wo, O) int32, exact
+        y_q = self.requant(acc)  # (N*Ho*Wo, O) int8
         y_q = y_q.reshape(n, h_out, w_out, self.out_channels)  # (N, Ho, Wo, O)
         return np.ascontiguousarray(y_q.transpose(0, 3, 1, 2))  # (N, O, Ho, Wo)
-
-    def _direct_conv(self, x_q: np.ndarray) -> np.ndarray:
-        """The same integers in one fused pass: no im2col, no int32 array, no transpose."""
-        w_q = self.w_packed.T.reshape(self.out_channels, self.in_channels, self.kernel_size, -1)
-        y_qp, pad_value = self.output_qparams, self.input_qparams.zero_point
-        geometry = (self.stride, self.padding, pad_value)
-        clamp = (y_qp.zero_point, self.clamp_min, y_qp.qmax)
-        if self.requant == "fixedpoint":
-            return directconv.conv2d_requantize_fixedpoint(
-                x_q, w_q, self.bias_folded, self.multiplier, self.shift, *geometry, *clamp,
-                self.rounding,
-            )  # fmt: skip
-        return directconv.conv2d_requantize_float(
-            x_q, w_q, self.zp_correction, self.bias, self.acc_scale, np.float32(y_qp.scale),
-            *geometry, *clamp,
-        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return (
@@ -373,7 +269,7 @@ class QuantizedMaxPool2d(QuantizedModule):
         self.stride = self.kernel_size if stride is None else int(stride)
 
     def forward(self, x_q: np.ndarray) -> np.ndarray:
-        _check_int8("QuantizedMaxPool2d", x_q, ndim=4)
+        check_int8("QuantizedMaxPool2d: x_q", x_q, ndim=4)
         return kernels.maxpool2d_int8(x_q, self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:

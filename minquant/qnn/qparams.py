@@ -77,14 +77,6 @@ class QuantizedModule:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def _check_int8(name: str, x: np.ndarray, ndim: int) -> None:
-    if not isinstance(x, np.ndarray) or x.dtype != np.int8:
-        got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
-        raise TypeError(f"{name}: input must be an int8 ndarray, got {got}")
-    if x.ndim != ndim:
-        raise ValueError(f"{name}: input must have {ndim} dimensions, got shape {x.shape}")
-
-
 class Quantize(QuantizedModule):
     r"""The input edge: float32 to int8, $x_q = \mathrm{clip}(\mathrm{rint}(x / s) + z)$.
 

@@ -1,53 +1,23 @@
-r"""Numba kernels of integer-only inference, each next to the NumPy reference it must equal.
+r"""im2col and max pooling on int8 images, and the convolution geometry they share.
 
-A quantized layer is ``im2col`` (convolutions only) -> int8 GEMM -> requantization:
+A convolution becomes a GEMM once its input is unfolded: every output pixel's receptive field
+(C * kh * kw values) becomes one row of a matrix, so that
 
-$$y_q = \mathrm{clip}\Big(z_{out} + \mathrm{round}\big(M_c\,(\textstyle\sum_k x_q w_q + b_q)\big),
-\ q_{min},\ q_{max}\Big), \qquad M_c = \frac{s_{in}\, s_{w,c}}{s_{out}}.$$
+$$y = \mathrm{im2col}(x)\, W^\top, \qquad W \in \mathbb{Z}^{O \times C k_h k_w}.$$
 
-Requantization comes in two styles: fixed point (TFLite, integers only, see
-:mod:`minquant.fixedpoint`) and float32 (PyTorch's x86/fbgemm backend). Every kernel is written
-as plain Python (``_name_py``) and compiled with ``njit(cache=True)``: with
-``NUMBA_DISABLE_JIT=1`` the very same Python runs, slowly, which is handy for stepping through.
-Nothing is compiled at import time; the first call compiles (and caches) each kernel.
+The padding taps hold the input zero point, the integer that means real 0. Max pooling runs
+on the int8 codes directly (the quantizer is monotone). Every kernel is plain Python
+(``_name_py``) compiled with ``njit(cache=True)`` on first use.
 
-The int8 GEMM lives in :mod:`minquant.gemm` and the requantization kernels in
-:mod:`minquant.requant`; both are re-exported here. The fused direct convolution (no im2col)
-lives in :mod:`minquant.directconv`, which builds on the geometry helpers of this module.
-
-References:
-
-* B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
-  Integer-Arithmetic-Only Inference", CVPR 2018 (arXiv:1712.05877).
-* TensorFlow Lite ``reference_ops`` (FullyConnected, Conv) and fbgemm
-  ``ReQuantizeOutput`` (``OutputProcessing-inl.h``), used by PyTorch's x86 quantized engine.
+Reference: K. Chellapilla, S. Puri, P. Simard, "High Performance Convolutional Neural
+Networks for Document Processing", 2006 (im2col).
 """
 
 import numpy as np
 from numba import njit, prange
 
-from minquant.gemm import MAX_K, _check_int8, check_matmul_int8, matmul_int8, matmul_int8_ref
-from minquant.requant import (
-    requantize_fixedpoint,
-    requantize_fixedpoint_ref,
-    requantize_float,
-    requantize_float_ref,
-)
-
-__all__ = [
-    "MAX_K",
-    "check_matmul_int8",
-    "im2col_int8",
-    "im2col_int8_ref",
-    "matmul_int8",
-    "matmul_int8_ref",
-    "maxpool2d_int8",
-    "maxpool2d_int8_ref",
-    "requantize_fixedpoint",
-    "requantize_fixedpoint_ref",
-    "requantize_float",
-    "requantize_float_ref",
-]
+from minquant.kernels.gemm import check_int8
+from minquant.nn.functional import conv_output_size
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -57,22 +27,18 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 # ---- im2col ------------------------------------------------------------------------------
 
 
 def _conv_geometry(x_q, kernel_size, stride, padding):
-    _check_int8("x_q", x_q, ndim=4)
+    check_int8("x_q", x_q, ndim=4)
     kh, kw = _pair(kernel_size, "kernel_size")
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
     if kh == 0 or kw == 0 or sh == 0 or sw == 0:
         raise ValueError(f"kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
-    h_out = _out_size(x_q.shape[2], kh, sh, ph)
-    w_out = _out_size(x_q.shape[3], kw, sw, pw)
+    h_out = conv_output_size(x_q.shape[2], kh, sh, ph)
+    w_out = conv_output_size(x_q.shape[3], kw, sw, pw)
     if h_out < 1 or w_out < 1:
         raise ValueError(
             f"kernel_size {kernel_size} with padding {padding} does not fit input {x_q.shape}"
