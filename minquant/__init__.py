@@ -54,6 +54,7 @@ _SUBMODULES = (
     "torch_bridge",
     "train",
     "viz",
+    "vnni",
 )
 
 
