@@ -171,12 +171,19 @@ gemm_plain = njit(cache=True, parallel=True)(_gemm_plain)
 def _pack_b(b_q, data, col_sum):
     """``data[p, q, j, t] = B[4q + t, NR p + j]`` and ``col_sum[n] = sum_k B[k, n]``."""
     k_dim, n_dim = b_q.shape
-    for p in prange((n_dim + NR - 1) // NR):
-        width = min(NR, n_dim - NR * p)  # the last panel may be narrower (zero padded)
-        for q in range((k_dim + 3) // 4):
-            for t in range(min(4, k_dim - 4 * q)):  # the last quad may be shorter
-                for j in range(width):
-                    data[p, q, j, t] = b_q[4 * q + t, NR * p + j]
+    for p in prange(data.shape[0]):
+        for q in range(data.shape[1]):
+            block = data[p, q]  # (NR, 4): 4 values of k for each of the NR columns
+            if 4 * q + 4 <= k_dim and NR * p + NR <= n_dim:  # a full block: 4 rows of B
+                row0, row1, row2, row3 = b_q[4 * q], b_q[4 * q + 1], b_q[4 * q + 2], b_q[4 * q + 3]
+                for j in range(NR):
+                    n = NR * p + j
+                    block[j, 0], block[j, 1] = row0[n], row1[n]
+                    block[j, 2], block[j, 3] = row2[n], row3[n]
+            else:  # at the edges of B: what is left of it, the rest stays zero
+                for t in range(min(4, k_dim - 4 * q)):
+                    for j in range(min(NR, n_dim - NR * p)):
+                        block[j, t] = b_q[4 * q + t, NR * p + j]
     for k in range(k_dim):
         for n in range(n_dim):
             col_sum[n] += b_q[k, n]
