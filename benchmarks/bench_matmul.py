@@ -11,6 +11,8 @@ one process, one library at a time: a warm-up call, ``--repeats`` timed calls, t
 * ``matmul_int8``: :func:`minquant.kernels.matmul_int8` (int8 x int8 -> int32, exact);
 * ``vnni``: :func:`minquant.vnni.matmul_int8`, the explicit-SIMD kernel on the fastest path
   this CPU has (``vpdpbusd`` with AVX-512 VNNI), packing of both operands included;
+* ``vnni packed``: :func:`minquant.vnni.matmul_u8s8` on uint8 activations (A + 128) and B
+  packed once beforehand, as a layer with packed weights calls it;
 * ``f32 BLAS``: ``np.matmul`` on float32 (not exact beyond 2**24, the usual yardstick);
 * ``f64 BLAS exact``: int8 -> float64, ``np.matmul``, -> int32 (exact, conversions included);
 * ``NumPy int32``: ``np.matmul`` on int32, which NumPy runs without BLAS;
@@ -95,9 +97,11 @@ def methods(a_q: np.ndarray, b_q: np.ndarray) -> dict[str, object]:
     """name -> zero-argument callable computing a_q @ b_q (M, N)."""
     a32, b32 = a_q.astype(np.float32), b_q.astype(np.float32)
     a_i32, b_i32 = a_q.astype(np.int32), b_q.astype(np.int32)
+    a_u8, packed = (a_q.astype(np.int16) + 128).astype(np.uint8), vnni.pack_b(b_q)
     out = {
         "matmul_int8": lambda: kernels.matmul_int8(a_q, b_q),
         "vnni": lambda: vnni.matmul_int8(a_q, b_q),
+        "vnni packed": lambda: vnni.matmul_u8s8(a_u8, packed, zero_point=128),
         "f32 BLAS": lambda: a32 @ b32,
         "f64 BLAS exact": lambda: (a_q.astype(np.float64) @ b_q.astype(np.float64)).astype(
             np.int32
@@ -128,6 +132,7 @@ def bench_size(n: int, repeats: int, rng: np.random.Generator) -> dict[str, floa
         np.testing.assert_array_equal(want, exact)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(funcs["vnni"](), want)
+    np.testing.assert_array_equal(funcs["vnni packed"](), want)
     times: dict[str, list[float]] = {name: [] for name in funcs}
     for name, f in funcs.items():  # one library at a time, then a pause
         f()  # warm-up: thread pools, caches

@@ -67,6 +67,7 @@ __all__ = [
     "available_paths",
     "inner_loop",
     "matmul_int8",
+    "matmul_int8_packed",
     "matmul_int8_ref",
     "matmul_u8s8",
     "pack_b",
@@ -137,6 +138,7 @@ class PackedB:
     col_sum: np.ndarray  # (N',) int32, zero in the padded columns
     k: int  # K before padding to a multiple of 4
     n: int  # N before padding to a multiple of NR
+    b_q: np.ndarray  # (K, N) int8 as given, for the plain kernel where no SIMD path runs
 
 
 def pack_b(b_q: np.ndarray) -> PackedB:
@@ -156,7 +158,7 @@ def pack_b(b_q: np.ndarray) -> PackedB:
     data = np.zeros((n_pad // NR, k_pad // 4, NR, 4), dtype=np.int8)  # (P, K'/4, NR, 4)
     col_sum = np.zeros(n_pad, dtype=np.int32)  # (N',), |sum| <= 128 K fits int32
     pack_b_kernel(b_q, data, col_sum)
-    return PackedB(data, col_sum, k, n)
+    return PackedB(data, col_sum, k, n, b_q)
 
 
 def _pad_a(a: np.ndarray, offset: int, k_pad: int) -> np.ndarray:
@@ -266,6 +268,27 @@ def matmul_int8(a_q: np.ndarray, b_q: np.ndarray, path: str | None = None) -> np
     n = b_q.shape[1]
     if m == 0 or n == 0 or k == 0:
         return np.zeros((m, n), dtype=np.int32)
+    if select_path(path) == "plain":
+        return matmul_int8_plain(a_q, b_q)
+    return matmul_int8_packed(a_q, pack_b(b_q), path)
+
+
+def matmul_int8_packed(a_q: np.ndarray, packed: PackedB, path: str | None = None) -> np.ndarray:
+    r"""$C = A B$ for int8 activations A (M, K) and int8 B packed once with :func:`pack_b`.
+
+    The entry point for a layer with int8 activations: :func:`matmul_int8` without packing B
+    at every call. Returns int32 (M, N), exact; the path is chosen as in :func:`matmul_int8`.
+
+    >>> a_q = np.array([[1, -2], [127, -128]], dtype=np.int8)
+    >>> packed = pack_b(np.array([[3, -128], [4, -128]], dtype=np.int8))
+    >>> matmul_int8_packed(a_q, packed)
+    array([[  -5,  128],
+           [-131,  128]], dtype=int32)
+    """
+    check_matmul_int8(a_q, packed.b_q)
+    m, k, n = a_q.shape[0], packed.k, packed.n
+    if m == 0 or n == 0 or k == 0:
+        return np.zeros((m, n), dtype=np.int32)
     path = select_path(path)
     a_min = int(a_q.min())
     if path == "avx2" and int(a_q.max()) - a_min <= 127:
@@ -273,7 +296,6 @@ def matmul_int8(a_q: np.ndarray, b_q: np.ndarray, path: str | None = None) -> np
     elif path == "vnni512":
         offset = 128  # A + 128 in [0, 255]
     else:
-        return matmul_int8_plain(a_q, b_q)
-    packed = pack_b(b_q)
+        return matmul_int8_plain(a_q, packed.b_q)
     a = _pad_a(a_q, offset, packed.data.shape[1] * 4)  # (M', K'), A + offset
     return _run(a, packed, offset, path)[:m, :n]  # (A + offset - offset) B

@@ -55,6 +55,8 @@ def test_matmul_int8_is_exact(path, m, k, n):
     assert got.dtype == np.int32 and got.shape == (m, n)
     np.testing.assert_array_equal(got, exact(a_q, b_q))
     np.testing.assert_array_equal(got, a_q.astype(np.float64) @ b_q.astype(np.float64))
+    packed = vnni.pack_b(b_q)  # once, as a layer does with its weights
+    np.testing.assert_array_equal(vnni.matmul_int8_packed(a_q, packed, path=path), got)
 
 
 @given(
@@ -189,11 +191,13 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="zero_point must be in"):
         vnni.matmul_u8s8(np.zeros((1, 3), np.uint8), packed, zero_point=256)
     with pytest.raises(ValueError, match="int32 accumulation"):
-        too_long = vnni.PackedB(packed.data, packed.col_sum, vnni.MAX_K_U8 + 1, 3)
+        too_long = vnni.PackedB(packed.data, packed.col_sum, vnni.MAX_K_U8 + 1, 3, a_q.T)
         vnni.matmul_u8s8(np.zeros((1, vnni.MAX_K_U8 + 1), np.uint8), too_long)
     with pytest.raises(TypeError, match="b_q must be a 2-D int8"):
         vnni.pack_b(np.zeros((2, 2), np.uint8))
     assert vnni.matmul_int8(a_q[:0], a_q.T).shape == (0, 2)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        vnni.matmul_int8_packed(a_q[:, :2], packed)
 
 
 @pytest.mark.parametrize("path", ALL[:2])
