@@ -15,7 +15,11 @@ Every model runs once to warm up (Numba compiles), then the models take turns, `
 rounds; the best time of each is reported. Also printed: the time per layer of the integer
 model. ``--json`` prints the results as JSON instead of tables.
 
-Usage: ``python benchmarks/bench_inference.py [--repeat 7] [--json]``
+``--gemm vnni`` runs the integer models with :func:`minquant.vnni.matmul_int8` (the
+explicit-SIMD kernel) in place of ``kernels.matmul_int8``, to measure what it would gain before
+the layers call it themselves.
+
+Usage: ``python benchmarks/bench_inference.py [--repeat 7] [--json] [--gemm plain|vnni]``
 """
 
 import argparse
@@ -25,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from minquant import models, torch_bridge
+from minquant import kernels, models, torch_bridge, vnni
 from minquant.data import load_mnist
 from minquant.ptq import QuantizedModel, fold_batchnorm, quantize_model
 
@@ -53,7 +57,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=7, help="timed rounds per model")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--gemm", choices=["plain", "vnni"], default="plain", help="int8 GEMM")
     args = parser.parse_args()
+    if args.gemm == "vnni":
+        # NOTE: the layers call kernels.matmul_int8 at run time, so replacing the module
+        # attribute swaps the kernel for this process (same contract, same integers).
+        kernels.matmul_int8 = vnni.matmul_int8
     # NOTE: torch 2.13 deprecates its quantized tensors (one UserWarning); they are the baseline.
     warnings.filterwarnings("ignore", message=".*quantized tensor creation", category=UserWarning)
 
@@ -100,6 +109,7 @@ def main() -> None:
             ratios[f"{name} / torch fbgemm int8"] = ips[name] / ips["torch fbgemm int8"]
     per_layer = layer_times(q_fixed, X, args.repeat)
     result = {
+        "gemm": args.gemm,
         "images": len(X),
         "images_per_s": ips,
         "accuracy": accuracy,
@@ -111,6 +121,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
+    print(f"int8 GEMM: {args.gemm}")
     print(f"{'model':<22}{'images/s':>12}{'accuracy':>10}")
     for name in runners:
         print(f"{name:<22}{ips[name]:>12,.0f}{accuracy[name]:>10.3f}")

@@ -3,11 +3,16 @@
     python benchmarks/bench_matmul.py               # markdown table
     python benchmarks/bench_matmul.py --json        # the same numbers as JSON
 
-GOP/s counts 2*M*N*K operations (a multiply and an add) for every method. All methods run
-interleaved in one process, ``--repeats`` times each, and the median time is reported, so that
-load from other processes hits all of them alike. Methods:
+GOP/s counts 2*M*N*K operations (a multiply and an add) for every method. All methods run in
+one process, one library at a time: a warm-up call, ``--repeats`` timed calls, then a pause of
+``--pause`` seconds so that its worker threads stop spinning before the next library starts
+(see DESIGN.md). The median time is reported. Methods:
 
 * ``matmul_int8``: :func:`minquant.kernels.matmul_int8` (int8 x int8 -> int32, exact);
+* ``vnni``: :func:`minquant.vnni.matmul_int8`, the explicit-SIMD kernel on the fastest path
+  this CPU has (``vpdpbusd`` with AVX-512 VNNI), packing of both operands included;
+* ``vnni packed``: :func:`minquant.vnni.matmul_u8s8` on uint8 activations (A + 128) and B
+  packed once beforehand, as a layer with packed weights calls it;
 * ``f32 BLAS``: ``np.matmul`` on float32 (not exact beyond 2**24, the usual yardstick);
 * ``f64 BLAS exact``: int8 -> float64, ``np.matmul``, -> int32 (exact, conversions included);
 * ``NumPy int32``: ``np.matmul`` on int32, which NumPy runs without BLAS;
@@ -24,7 +29,7 @@ import time
 
 import numpy as np
 
-from minquant import kernels
+from minquant import kernels, vnni
 
 #: small_cnn's layers on a batch of 100 MNIST images: input shape and GEMM shape (M, K, N).
 #: A 3x3 convolution with padding 1 is im2col (M = N*H*W rows of K = C*9) and a GEMM.
@@ -36,6 +41,9 @@ LAYERS = {
 
 #: Clock used for every timing; ``--cpu-time`` switches to process CPU time (see main).
 CLOCK = {"clock": time.perf_counter}
+
+#: Seconds to wait after each method's repeats (``--pause``).
+PAUSE = {"seconds": 0.5}
 
 #: NumPy's int32 matmul is ~1000x slower than BLAS: fewer repeats, and only up to this size.
 INT32_MAX_SIZE = 1024
@@ -67,6 +75,7 @@ def environment() -> dict[str, object]:
         "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip(),
         "numba": numba.__version__,
         "numba_threads": numba.get_num_threads(),
+        "vnni_path": vnni.select_path(),
         "load_average_before": os.getloadavg()[0],
     }
     # NOTE: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, when set, pick an older OpenBLAS kernel and
@@ -88,8 +97,11 @@ def methods(a_q: np.ndarray, b_q: np.ndarray) -> dict[str, object]:
     """name -> zero-argument callable computing a_q @ b_q (M, N)."""
     a32, b32 = a_q.astype(np.float32), b_q.astype(np.float32)
     a_i32, b_i32 = a_q.astype(np.int32), b_q.astype(np.int32)
+    a_u8, packed = (a_q.astype(np.int16) + 128).astype(np.uint8), vnni.pack_b(b_q)
     out = {
         "matmul_int8": lambda: kernels.matmul_int8(a_q, b_q),
+        "vnni": lambda: vnni.matmul_int8(a_q, b_q),
+        "vnni packed": lambda: vnni.matmul_u8s8(a_u8, packed, zero_point=128),
         "f32 BLAS": lambda: a32 @ b32,
         "f64 BLAS exact": lambda: (a_q.astype(np.float64) @ b_q.astype(np.float64)).astype(
             np.int32
@@ -119,14 +131,17 @@ def bench_size(n: int, repeats: int, rng: np.random.Generator) -> dict[str, floa
     if exact is not None:
         np.testing.assert_array_equal(want, exact)
     np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(funcs["vnni"](), want)
+    np.testing.assert_array_equal(funcs["vnni packed"](), want)
     times: dict[str, list[float]] = {name: [] for name in funcs}
-    for rep in range(repeats):
-        for name, f in funcs.items():
-            if name == "NumPy int32" and rep >= max(1, repeats // 5):
-                continue  # seconds per call at 1024: a few repeats are enough
+    for name, f in funcs.items():  # one library at a time, then a pause
+        f()  # warm-up: thread pools, caches
+        # NumPy int32 takes seconds per call at 1024: a few repeats are enough
+        for _ in range(max(1, repeats // 5) if name == "NumPy int32" else repeats):
             start = CLOCK["clock"]()
             f()
             times[name].append(CLOCK["clock"]() - start)
+        time.sleep(PAUSE["seconds"])
     ops = 2.0 * n**3
     return {name: ops / statistics.median(t) / 1e9 for name, t in times.items()}
 
@@ -180,6 +195,9 @@ def ratios(gops: dict[str, float]) -> dict[str, float]:
         out["int8 / NumPy int32"] = ours / gops["NumPy int32"]
     if "torch._int_mm" in gops:
         out["int8 / torch._int_mm"] = ours / gops["torch._int_mm"]
+    out["vnni / f32 BLAS"] = gops["vnni"] / gops["f32 BLAS"]
+    if "torch._int_mm" in gops:
+        out["vnni / torch._int_mm"] = gops["vnni"] / gops["torch._int_mm"]
     return out
 
 
@@ -201,7 +219,7 @@ def markdown(env: dict[str, object], results: dict[int, dict[str, float]]) -> st
         f"GOP/s (2*n^3 / median {env['clock']}); ratios are matmul_int8 over the named method.",
         f"CPU: {cpu['model']}, {cpu['cores']} cores, SIMD: {', '.join(cpu['simd'])}; "
         f"NumPy {env['numpy']} ({env['blas']}), Numba {env['numba']} "
-        f"({env['numba_threads']} threads), torch {env['torch']}"
+        f"({env['numba_threads']} threads, vnni path {env['vnni_path']}), torch {env['torch']}"
         + (f" ({env['torch_cpu_capability']})" if env["torch"] else "")
         + f"; OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, "
         f"OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']}; load average "
@@ -230,6 +248,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    parser.add_argument("--pause", type=float, default=0.5, help="seconds between libraries")
+    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     parser.add_argument(
         "--cpu-time",
         action="store_true",
@@ -240,11 +260,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu_time:
         CLOCK["clock"] = time.process_time
+    PAUSE["seconds"] = args.pause
     rng = np.random.default_rng(0)
     env = environment()
     env["clock"] = "process CPU time" if args.cpu_time else "wall time"
     results = {n: bench_size(n, args.repeats, rng) for n in args.sizes}
-    layers = bench_layers(args.repeats, rng)
+    layers = {} if args.no_layers else bench_layers(args.repeats, rng)
     env["load_average_after"] = os.getloadavg()[0]
     if args.json:
         report = {
@@ -256,8 +277,9 @@ def main() -> None:
         print(json.dumps(report, indent=2))
     else:
         print(markdown(env, results))
-        print()
-        print(markdown_layers(layers))
+        if layers:
+            print()
+            print(markdown_layers(layers))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ _SUBMODULES = (
     "torch_bridge",
     "train",
     "viz",
+    "vnni",
 )
 
 
