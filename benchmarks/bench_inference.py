@@ -15,7 +15,7 @@ Every model runs once to warm up (Numba compiles), then the models take turns, `
 rounds; the best time of each is reported. Also printed: the time per layer of the integer
 model. ``--json`` prints the results as JSON instead of tables.
 
-``--gemm vnni`` runs the integer models with :func:`minquant.vnni.matmul_int8` (the
+``--gemm vnni`` runs the integer models with :func:`minquant.kernels.vnni.matmul_int8` (the
 explicit-SIMD kernel) in place of ``kernels.matmul_int8``, to measure what it would gain before
 the layers call it themselves.
 
@@ -29,8 +29,9 @@ import warnings
 
 import numpy as np
 
-from minquant import kernels, models, torch_bridge, vnni
+from minquant import kernels, models, torch_bridge
 from minquant.data import load_mnist
+from minquant.kernels import vnni
 from minquant.ptq import QuantizedModel, fold_batchnorm, quantize_model
 
 

@@ -9,9 +9,9 @@ one process, one library at a time: a warm-up call, ``--repeats`` timed calls, t
 (see DESIGN.md). The median time is reported. Methods:
 
 * ``matmul_int8``: :func:`minquant.kernels.matmul_int8` (int8 x int8 -> int32, exact);
-* ``vnni``: :func:`minquant.vnni.matmul_int8`, the explicit-SIMD kernel on the fastest path
+* ``vnni``: :func:`minquant.kernels.vnni.matmul_int8`, the explicit-SIMD kernel on the fastest path
   this CPU has (``vpdpbusd`` with AVX-512 VNNI), packing of both operands included;
-* ``vnni packed``: :func:`minquant.vnni.matmul_u8s8` on uint8 activations (A + 128) and B
+* ``vnni packed``: :func:`minquant.kernels.vnni.matmul_u8s8` on uint8 activations (A + 128) and B
   packed once beforehand, as a layer with packed weights calls it;
 * ``f32 BLAS``: ``np.matmul`` on float32 (not exact beyond 2**24, the usual yardstick);
 * ``f64 BLAS exact``: int8 -> float64, ``np.matmul``, -> int32 (exact, conversions included);
@@ -29,7 +29,8 @@ import time
 
 import numpy as np
 
-from minquant import kernels, vnni
+from minquant import kernels
+from minquant.kernels import vnni
 
 #: small_cnn's layers on a batch of 100 MNIST images: input shape and GEMM shape (M, K, N).
 #: A 3x3 convolution with padding 1 is im2col (M = N*H*W rows of K = C*9) and a GEMM.

@@ -49,7 +49,6 @@ _SUBMODULES = (
     "torch_bridge",
     "train",
     "viz",
-    "vnni",
 )
 
 

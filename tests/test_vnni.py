@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minquant import gemm, vnni
+from minquant.kernels import gemm, vnni
 
 HERE = vnni.available_paths()  # the paths this CPU can run, always with "plain"
 SIMD = [p for p in HERE if p != "plain"]
@@ -215,7 +215,7 @@ def test_runs_with_jit_disabled(run_without_jit):
     run_without_jit(
         """
         import numpy as np
-        from minquant import vnni
+        from minquant.kernels import vnni
         assert vnni.available_paths() == ("plain",)
         rng = np.random.default_rng(0)
         a = rng.integers(-128, 128, (5, 7)).astype(np.int8)
@@ -238,7 +238,7 @@ HASWELL = "+avx,+avx2,+bmi,+bmi2,+cx16,+f16c,+fma,+lzcnt,+movbe,+popcnt,+sse4.2,
 def test_avx2_only_cpu_in_a_subprocess(tmp_path):
     script = """
 import numpy as np
-from minquant import vnni
+from minquant.kernels import vnni
 assert vnni.available_paths() == ("avx2", "plain"), vnni.available_paths()
 counts = vnni.inner_loop("avx2")
 assert counts["vpmaddubsw"] == 8 and counts["vpmaddwd"] == 8 and "vpdpwssd" not in counts

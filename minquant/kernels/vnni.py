@@ -17,7 +17,7 @@ Three inner loops compute the same integers (the third is the reference):
   ones (int16 pairs -> int32) and ``vpaddd``: 32 multiply-adds per 3 instructions. Exact only
   when no pair sum leaves int16, which is guaranteed for activations in [0, 127]: the reason for
   PyTorch's ``reduce_range`` (7-bit activations) on x86.
-* ``"plain"``: scalar Numba loops (:func:`minquant.gemm.matmul_int8`, or the loop over the
+* ``"plain"``: scalar Numba loops (:func:`minquant.kernels.gemm.matmul_int8`, or the loop over the
   packed layout below), which LLVM vectorises with ``vpmulld`` + ``vpaddd`` (8 per 2).
 
 Both SIMD loops read the same **packed** operands, laid out for the instruction:
@@ -30,7 +30,7 @@ Both SIMD loops read the same **packed** operands, laid out for the instruction:
 
 The path is chosen at run time from the host CPU's features (:func:`available_paths`), can be
 forced with ``path=`` or the environment variable ``MINQUANT_INT8_PATH``, and is ``"plain"``
-under ``NUMBA_DISABLE_JIT=1``. The instructions themselves are in :mod:`minquant.vnni_ir`.
+under ``NUMBA_DISABLE_JIT=1``. The instructions themselves are in :mod:`minquant.kernels.vnni_ir`.
 
 References:
 
@@ -48,9 +48,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import config
 
-from minquant.gemm import check_matmul_int8, matmul_int8_ref
-from minquant.gemm import matmul_int8 as matmul_int8_plain
-from minquant.vnni_kernels import (
+from minquant.kernels.gemm import check_matmul_int8, matmul_int8_ref
+from minquant.kernels.gemm import matmul_int8 as matmul_int8_plain
+from minquant.kernels.vnni_kernels import (
     MR,
     NR,
     gemm_avx2,
@@ -252,7 +252,7 @@ def inner_loop(path: str) -> dict[str, int]:
 def matmul_int8(a_q: np.ndarray, b_q: np.ndarray, path: str | None = None) -> np.ndarray:
     r"""int8 GEMM $C = A B$ with int32 accumulation on the fastest exact inner loop.
 
-    Same contract as :func:`minquant.gemm.matmul_int8`: ``a_q`` int8 (M, K), ``b_q`` int8
+    Same contract as :func:`minquant.kernels.gemm.matmul_int8`: ``a_q`` int8 (M, K), ``b_q`` int8
     (K, N), K <= MAX_K; returns int32 (M, N) equal to :func:`matmul_int8_ref`. ``"vnni512"``
     feeds $A + 128$ to ``vpdpbusd``. ``"avx2"`` feeds $A - \min A$ and is used only when that
     fits 7 bits (no saturation); otherwise, and for ``"plain"``, the plain Numba kernel runs.

@@ -22,10 +22,10 @@ needs, each a :func:`numba.extending.intrinsic` that emits one LLVM x86 intrinsi
 
 Every load and store takes an array and a **byte offset** into its data, whatever the dtype
 (so ``4 * j`` addresses int32 element ``j``); nothing checks bounds: the callers in
-:mod:`minquant.vnni` size every array for the tiles they compute.
+:mod:`minquant.kernels.vnni` size every array for the tiles they compute.
 
 Compiling a function that uses ``zmm_dpbusd`` needs a CPU with AVX-512 VNNI (LLVM refuses to
-select the instruction otherwise), so :mod:`minquant.vnni` only calls such a kernel after
+select the instruction otherwise), so :mod:`minquant.kernels.vnni` only calls such a kernel after
 checking the host's features. Nothing here compiles at import.
 
 References: Intel 64 and IA-32 Architectures Software Developer's Manual, vol. 2 (VPDPBUSD,

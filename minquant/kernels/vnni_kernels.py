@@ -1,4 +1,4 @@
-r"""The three inner loops of :mod:`minquant.vnni`: VNNI, AVX2 and plain, on the packed layout.
+r"""The three inner loops of :mod:`minquant.kernels.vnni`: VNNI, AVX2, plain, on the packed layout.
 
 Every kernel computes, for uint8 A (M', K') and packed int8 B (P, K'/4, NR, 4),
 
@@ -16,7 +16,7 @@ by K', 32 KiB for K = 1024, held in L1) meets every register tile of rows of the
 import numpy as np
 from numba import njit, prange
 
-from minquant.vnni_ir import (
+from minquant.kernels.vnni_ir import (
     ymm_add32,
     ymm_broadcast4,
     ymm_load,
