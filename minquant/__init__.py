@@ -38,6 +38,7 @@ _SUBMODULES = (
     "fixedpoint",
     "formats",
     "gemm",
+    "gemv",
     "granularity",
     "kernels",
     "models",
