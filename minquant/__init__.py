@@ -41,6 +41,7 @@ _SUBMODULES = (
     "gemv",
     "granularity",
     "kernels",
+    "llm",
     "models",
     "nn",
     "observers",
