@@ -33,19 +33,23 @@ from minquant.quant import dequantize
 KERNEL_BITS = (2, 3, 4, 5, 6, 7, 8)
 
 
+#: 2^(e - 25) for the float16 exponent field e = 0..31 (e = 0 reads as 1: subnormals).
+_HALF_POW2 = np.array([2.0 ** (max(e, 1) - 25) for e in range(32)], dtype=np.float32)
+
+
 @njit(cache=True)
 def _half_to_float(h):
-    """A float16 bit pattern (uint16) as float32, exactly (no float16 arithmetic)."""
-    bits = np.int64(h)
-    sign = np.float32(-1.0) if bits & 0x8000 else np.float32(1.0)
+    r"""A positive finite float16 bit pattern (uint16) as float32, exactly and branch-free.
+
+    $v = (2^{10} [e > 0] + m) \cdot 2^{\max(e, 1) - 25}$ with exponent field $e$ and
+    mantissa $m$: the implicit leading 1 of normal numbers, none for subnormals. Both
+    factors are exact in float32, so is their product. The sign bit is ignored (scales
+    are positive; :func:`matmul_weight_only` checks).
+    """
+    bits = np.int32(h)
     exponent = (bits >> 10) & 0x1F
-    mantissa = bits & 0x3FF
-    if exponent == 0:  # zero and subnormals: m * 2^-24
-        return sign * np.float32(mantissa) * np.float32(2.0**-24)
-    if exponent == 31:
-        return sign * np.float32(np.inf) if mantissa == 0 else np.float32(np.nan)
-    # NOTE: (1024 + m) < 2^11 and a power of two: both exact in float32, so is the product.
-    return sign * np.float32(mantissa + 1024) * np.float32(2.0 ** (exponent - 25))
+    mantissa = (bits & 0x3FF) + (1024 if exponent > 0 else 0)
+    return np.float32(mantissa) * _HALF_POW2[exponent]
 
 
 # NOTE: "reassoc" lets LLVM reorder the float32 sums across SIMD lanes and "contract" fuse
@@ -56,47 +60,57 @@ FASTMATH = {"reassoc", "contract"}
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _int4_kernel(packed, scale_bits, zero_point, z_offset, x_even, x_odd, group_size, flip):
-    rows, groups = scale_bits.shape
+def _int4_kernel(packed, scale_bits, zero_point, z_offset, x_even, x_odd, flip):
+    # packed (N, G, g/2) bytes; x_even / x_odd (B, G, g/2): x[2i] and x[2i + 1] per group
+    rows, groups, half = packed.shape
     batch = x_even.shape[0]
-    half = group_size // 2  # bytes per group
-    zr, zc = zero_point.shape
-    y = np.zeros((batch, rows), dtype=np.float32)  # (B, N)
+    has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
+    y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
     for n in prange(rows):
-        for g in range(groups):
-            s = _half_to_float(scale_bits[n, g])
-            z = np.float32(zero_point[n % zr, g % zc] + z_offset)
-            codes = packed[n, g * half : (g + 1) * half]  # (g/2,) bytes
-            for b in range(batch):
-                xe = x_even[b, g * half : (g + 1) * half]  # x[2i] of this group
-                xo = x_odd[b, g * half : (g + 1) * half]  # x[2i + 1]
+        for b in range(batch):
+            total = np.float32(0.0)
+            for g in range(groups):
+                z = np.float32(z_offset)
+                if has_zero_point:
+                    z += np.float32(zero_point[n, g])
+                codes = packed[n, g]  # (g/2,) contiguous bytes
+                xe = x_even[b, g]  # (g/2,)
+                xo = x_odd[b, g]  # (g/2,)
                 acc = np.float32(0.0)
                 for i in range(half):
-                    byte = codes[i] ^ flip
-                    low = np.float32(byte & 15) - z  # exact small integers
-                    high = np.float32(byte >> 4) - z
-                    acc += low * xe[i] + high * xo[i]
-                y[b, n] += s * acc
+                    # NOTE: nibbles split in float32 (exact below 2^24): floor(byte / 16) and
+                    # byte - 16 * high keep every SIMD lane 32 bits wide (integer ops on a
+                    # byte are widened to int64 by Numba, halving the lanes).
+                    byte = np.float32(codes[i] ^ flip)
+                    high = np.floor(byte * np.float32(0.0625))
+                    low = byte - np.float32(16.0) * high
+                    acc += (low - z) * xe[i] + (high - z) * xo[i]
+                total += _half_to_float(scale_bits[n, g]) * acc
+            y[b, n] = total
     return y
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _int8_kernel(codes, scale_bits, zero_point, z_offset, x, group_size, flip):
-    rows, groups = scale_bits.shape
+def _int8_kernel(codes, scale_bits, zero_point, z_offset, x, flip):
+    # codes (N, G, g) bytes; x (B, G, g)
+    rows, groups, group_size = codes.shape
     batch = x.shape[0]
-    zr, zc = zero_point.shape
-    y = np.zeros((batch, rows), dtype=np.float32)  # (B, N)
+    has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
+    y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
     for n in prange(rows):
-        for g in range(groups):
-            s = _half_to_float(scale_bits[n, g])
-            z = np.float32(zero_point[n % zr, g % zc] + z_offset)
-            row = codes[n, g * group_size : (g + 1) * group_size]  # (g,)
-            for b in range(batch):
-                xs = x[b, g * group_size : (g + 1) * group_size]
+        for b in range(batch):
+            total = np.float32(0.0)
+            for g in range(groups):
+                z = np.float32(z_offset)
+                if has_zero_point:
+                    z += np.float32(zero_point[n, g])
+                row = codes[n, g]  # (g,)
+                xs = x[b, g]  # (g,)
                 acc = np.float32(0.0)
                 for i in range(group_size):
                     acc += (np.float32(row[i] ^ flip) - z) * xs[i]
-                y[b, n] += s * acc
+                total += _half_to_float(scale_bits[n, g]) * acc
+            y[b, n] = total
     return y
 
 
@@ -107,12 +121,14 @@ def _bits_kernel(packed, scale_bits, zero_point, z_offset, x_phases, group_size,
     batch = x_phases.shape[0]
     units = group_size // 8  # units per group
     mask = np.uint64(2**nbits - 1)
-    zr, zc = zero_point.shape
+    has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
     y = np.zeros((batch, rows), dtype=np.float32)  # (B, N)
     for n in prange(rows):
         for g in range(groups):
             s = _half_to_float(scale_bits[n, g])
-            z = np.float32(zero_point[n % zr, g % zc] + z_offset)
+            z = np.float32(z_offset)
+            if has_zero_point:
+                z += np.float32(zero_point[n, g])
             codes = packed[n, g * units * nbits : (g + 1) * units * nbits]
             for b in range(batch):
                 acc = np.float32(0.0)
@@ -128,7 +144,7 @@ def _bits_kernel(packed, scale_bits, zero_point, z_offset, x_phases, group_size,
     return y
 
 
-def _check_operands(x, packed, scale, zero_point, num_bits, group_size):
+def _check_operands(x, packed, scale, zero_point, num_bits, group_size, check_values=True):
     """Validate; return x as float32 (B, K) and K."""
     if num_bits not in KERNEL_BITS:
         raise ValueError(f"num_bits must be one of {KERNEL_BITS}, got {num_bits!r}")
@@ -158,6 +174,8 @@ def _check_operands(x, packed, scale, zero_point, num_bits, group_size):
         raise TypeError(f"scale must be a float16 array, got {getattr(scale, 'dtype', scale)}")
     if scale.shape != (rows, groups):
         raise ValueError(f"scale must have shape {(rows, groups)}, got {scale.shape}")
+    if check_values and not np.all(np.isfinite(scale) & (scale > 0)):
+        raise ValueError(f"scale must be positive and finite, got {scale[~(scale > 0)][:3]}")
     if zero_point is not None and np.shape(zero_point) != (rows, groups):
         raise ValueError(
             f"zero_point must be None or have shape {(rows, groups)}, got {np.shape(zero_point)}"
@@ -173,6 +191,7 @@ def matmul_weight_only(
     num_bits: int,
     group_size: int,
     signed: bool,
+    check_values: bool = True,
 ) -> np.ndarray:
     r"""$y = x\,\hat{W}^\top$ for packed weights $\hat{W}_{n,i} = s_{n,g}(q_{n,i} - z_{n,g})$.
 
@@ -180,7 +199,9 @@ def matmul_weight_only(
     used for all B vectors); ``packed`` (N, K * num_bits / 8) uint8 rows of
     :func:`~minquant.packing.pack_bits` codes; ``scale`` float16 (N, K / group_size);
     ``zero_point`` integer (N, K / group_size) or ``None`` for 0. Returns float32 (N,) or
-    (B, N). Numba, parallel over output rows.
+    (B, N). Numba, parallel over output rows. ``check_values=False`` skips the O(N K / g)
+    check that every scale is positive and finite (a caller that validated them once, such
+    as :class:`~minquant.llm.weight_only.WeightOnlyLinear`, saves that time per token).
 
     >>> from minquant.packing import pack_bits
     >>> w_q = np.array([[1, -2, 3, -4], [7, 0, -8, 1]], dtype=np.int8)  # (N, K) = (2, 4)
@@ -190,19 +211,30 @@ def matmul_weight_only(
     >>> matmul_weight_only(np.ones(4, np.float32), packed, scale, None, 4, 2, signed=True)
     array([-1.5 , 12.25], dtype=float32)
     """
-    x2, _ = _check_operands(x, packed, scale, zero_point, num_bits, group_size)
+    x2, in_features = _check_operands(
+        x, packed, scale, zero_point, num_bits, group_size, check_values
+    )
+    groups = in_features // group_size
+    packed = np.ascontiguousarray(packed)
     scale_bits = np.ascontiguousarray(scale).view(np.uint16)  # (N, G) float16 bit patterns
     if zero_point is None:
-        zero_point = np.zeros((1, 1), dtype=np.int64)
+        zero_point = np.zeros((0, 0), dtype=np.uint8)
     z_offset = 2 ** (num_bits - 1) if signed else 0
     if num_bits == 4:
         flip = np.uint8(0x88 if signed else 0)  # the two nibbles' sign bits
-        x_even = np.ascontiguousarray(x2[:, 0::2])  # (B, K/2)
-        x_odd = np.ascontiguousarray(x2[:, 1::2])  # (B, K/2)
-        y = _int4_kernel(packed, scale_bits, zero_point, z_offset, x_even, x_odd, group_size, flip)
+        # NOTE: 3-D views (row, group, byte): the innermost index starts at 0 in every
+        # group, so LLVM vectorizes it without wraparound checks or gathers.
+        grouped = (-1, groups, group_size // 2)
+        x_even = np.ascontiguousarray(x2[:, 0::2]).reshape(grouped)  # (B, G, g/2)
+        x_odd = np.ascontiguousarray(x2[:, 1::2]).reshape(grouped)  # (B, G, g/2)
+        packed3 = packed.reshape(grouped)  # (N, G, g/2) a view
+        y = _int4_kernel(packed3, scale_bits, zero_point, z_offset, x_even, x_odd, flip)
     elif num_bits == 8:
         flip = np.uint8(0x80 if signed else 0)
-        y = _int8_kernel(packed, scale_bits, zero_point, z_offset, x2, group_size, flip)
+        grouped = (-1, groups, group_size)
+        y = _int8_kernel(
+            packed.reshape(grouped), scale_bits, zero_point, z_offset, x2.reshape(grouped), flip
+        )
     else:
         sign_bits = sum(1 << (num_bits * k + num_bits - 1) for k in range(8))
         flip = np.uint64(sign_bits if signed else 0)

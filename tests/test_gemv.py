@@ -91,14 +91,11 @@ def test_large_matrix_within_bound_and_bound_catches_a_zero_point_bug(num_bits):
         assert abs(float(x @ w_bad[0]) - float(y[0])) > bound[0]
 
 
-def test_half_to_float_all_bit_patterns():
-    bits = np.arange(2**16, dtype=np.uint16)
+def test_half_to_float_all_positive_finite_bit_patterns():
+    bits = np.arange(0x7C00, dtype=np.uint16)  # +0, subnormals, normals up to 65504
     expected = bits.view(np.float16).astype(np.float32)
     got = np.array([_half_to_float(b) for b in bits], dtype=np.float32)
-    finite = np.isfinite(expected)
-    np.testing.assert_array_equal(got[finite].view(np.uint32), expected[finite].view(np.uint32))
-    assert np.array_equal(np.isnan(got), np.isnan(expected))
-    assert np.array_equal(np.isinf(got), np.isinf(expected))
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
 
 
 def test_signed_codes_use_the_sign_flip():
@@ -144,6 +141,11 @@ X = np.zeros(16, np.float32)
             lambda: matmul_weight_only(X, PACKED, SCALE.astype(np.float32), None, 4, 16, True),
             TypeError,
             "scale must be a float16",
+        ),
+        (
+            lambda: matmul_weight_only(X, PACKED, -SCALE, None, 4, 16, True),
+            ValueError,
+            "scale must be positive and finite",
         ),
         (
             lambda: matmul_weight_only(X, PACKED, SCALE, np.zeros((2, 2)), 4, 16, True),

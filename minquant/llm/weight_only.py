@@ -217,7 +217,7 @@ class WeightOnlyLinear(Module):
         if x2.shape[0] <= GEMV_MAX_ROWS:
             y = matmul_weight_only(
                 x2, self.packed, self.scale, self.zero_point,
-                self.num_bits, self.group_size, self.signed,
+                self.num_bits, self.group_size, self.signed, check_values=False,
             )  # fmt: skip
         else:
             y = np.empty((x2.shape[0], self.out_features), np.float32)  # (N, out)
