@@ -2,6 +2,7 @@
 
     python benchmarks/bench_weight_only.py            # markdown table, 1 and 2 threads
     python benchmarks/bench_weight_only.py --json     # the same numbers as JSON
+    python benchmarks/bench_weight_only.py --cpu-time # 1 thread, process CPU time
 
 Generating a token multiplies a vector by each weight matrix: every weight is read once and
 used once, so the time is bounded below by (bytes of weights) / (memory bandwidth). On a
@@ -17,7 +18,9 @@ used once, so the time is bounded below by (bytes of weights) / (memory bandwidt
 Threaded libraries interfere (each leaves worker threads spinning after a call), so each
 library runs in its own subprocess, one after the other (``NUMBA_NUM_THREADS`` and
 ``OPENBLAS_NUM_THREADS`` set to the thread count); the table reports the median over
-``--repeats`` calls (the minimum in brackets).
+``--repeats`` calls (the minimum in brackets). On a busy machine use ``--cpu-time``: one
+thread per library, timed by the process's CPU time (the work the call did, whatever else
+runs on the cores; memory stalls count, time spent descheduled does not).
 """
 
 import argparse
@@ -35,16 +38,20 @@ SIZE = 4096
 GROUP_SIZE = 64
 MIB = 2**20
 
+#: The clock of every timing; ``--cpu-time`` switches it to process CPU time.
+CLOCK = {"clock": time.perf_counter}
+
 
 def timings(fn, repeats: int) -> dict[str, float]:
     """Median and minimum seconds of ``fn()`` over ``repeats`` calls (after two warm-ups)."""
     fn()
     fn()
     times = []
+    clock = CLOCK["clock"]
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return {"median": statistics.median(times), "min": min(times)}
 
 
@@ -108,7 +115,9 @@ def worker_numpy(repeats: int) -> dict[str, dict[str, float]]:
     return results
 
 
-def run_worker(kind: str, threads: int, repeats: int) -> dict[str, dict[str, float]]:
+def run_worker(
+    kind: str, threads: int, repeats: int, cpu_time: bool
+) -> dict[str, dict[str, float]]:
     env = dict(
         os.environ,
         NUMBA_NUM_THREADS=str(threads),
@@ -117,7 +126,10 @@ def run_worker(kind: str, threads: int, repeats: int) -> dict[str, dict[str, flo
         MKL_NUM_THREADS=str(threads),
     )
     command = [sys.executable, __file__, "--worker", kind, "--repeats", str(repeats)]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    command += ["--cpu-time"] if cpu_time else []
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the {kind} worker failed:\n{out.stderr}")
     return json.loads(out.stdout)
 
 
@@ -163,22 +175,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between libraries")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--cpu-time", action="store_true", help="1 thread, process CPU time")
     parser.add_argument("--worker", choices=["numba", "numpy"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cpu_time:
+        CLOCK["clock"] = time.process_time
+        args.threads = [1]  # CPU time sums over threads: only meaningful for one
     if args.worker:
         worker = worker_numba if args.worker == "numba" else worker_numpy
         print(json.dumps(worker(args.repeats)))
         return
+    load_before = os.getloadavg()
     results = {}
     for threads in args.threads:
         results[threads] = {}
         for kind in ("numpy", "numba"):
-            results[threads].update(run_worker(kind, threads, args.repeats))
+            results[threads].update(run_worker(kind, threads, args.repeats, args.cpu_time))
             time.sleep(args.pause)
     if args.json:
         print(json.dumps({"cpu": cpu_model(), "results": results}, indent=2))
         return
-    print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; {SIZE} x {SIZE}, batch 1")
+    clock = "process CPU time" if args.cpu_time else "wall time"
+    print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; {SIZE} x {SIZE}, batch 1; {clock}")
+    print(f"load average before / after: {load_before} / {os.getloadavg()}")
     print("median ms over the repeats (minimum in brackets); GB/s from the medians\n")
     print(table(results))
 
