@@ -6,6 +6,10 @@ a positive ``scale`` and an integer ``zero_point``:
 $$x_q = \mathrm{clip}\big(\mathrm{round}(x / s) + z,\ q_{min},\ q_{max}\big), \qquad
 \hat{x} = s\,(x_q - z).$$
 
+One pair may serve the whole tensor, each channel (``axis``) or each group of ``group_size``
+elements along ``axis`` (see :mod:`minquant.granularity`). The rounding functions live in
+:mod:`minquant.rounding` and are re-exported here.
+
 References:
 
 * B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
@@ -14,51 +18,26 @@ References:
   A whitepaper", 2018 (arXiv:1806.08342).
 * PyTorch ``torch.ao.quantization`` observers and ``torch.quantize_per_tensor`` /
   ``torch.fake_quantize_per_tensor_affine``, which this module reproduces bit for bit.
-* S. Boldo, G. Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms
-  using rounding to odd", IEEE Trans. Computers 57(4), 2008 (used by :func:`fma_float32`).
 """
 
 import numpy as np
 
-# NOTE: int4 packing lives in minquant.packing; re-exported so `minquant.quant.pack_int4` works.
+from minquant.granularity import check_axis, expand_groups, group_min_max, qparams_shape
+
+# NOTE: int4 packing lives in minquant.packing and rounding in minquant.rounding;
+# re-exported so that `minquant.quant.pack_int4`, `minquant.quant.fma_float32`, ... work.
 from minquant.packing import pack_int4 as pack_int4
 from minquant.packing import unpack_int4 as unpack_int4
+from minquant.rounding import ROUNDING_MODES as ROUNDING_MODES
+from minquant.rounding import _round
+from minquant.rounding import fma_float32 as fma_float32
+from minquant.rounding import round_half_away as round_half_away
+from minquant.rounding import round_half_even as round_half_even
 
 #: float32 machine epsilon: the smallest scale an observer ever returns (as PyTorch).
 EPS = np.finfo(np.float32).eps
 
-#: Rounding modes understood by :func:`quantize` and :func:`fake_quantize`.
-ROUNDING_MODES = ("half_even", "half_away")
-
 MIN_BITS, MAX_BITS = 2, 16
-
-
-def round_half_even(x: np.ndarray) -> np.ndarray:
-    """Round to the nearest integer, ties to even (banker's rounding, ``np.rint``).
-
-    >>> round_half_even(np.array([0.5, 1.5, 2.5, -0.5, -1.5])).tolist()
-    [0.0, 2.0, 2.0, -0.0, -2.0]
-    """
-    return np.rint(x)
-
-
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """Round to the nearest integer, ties away from zero (C ``round``, TFLite).
-
-    >>> round_half_away(np.array([0.5, 1.5, 2.5, -0.5, -1.5])).tolist()
-    [1.0, 2.0, 3.0, -1.0, -2.0]
-    """
-    # NOTE: floor(|x| + 0.5) is exact for |x| < 2**52 in float64; for float32 inputs the
-    # addition is done in float32, which is exact below 2**23 (all values we quantize).
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
-def _round(x: np.ndarray, rounding: str) -> np.ndarray:
-    if rounding == "half_even":
-        return round_half_even(x)
-    if rounding == "half_away":
-        return round_half_away(x)
-    raise ValueError(f"rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
 
 
 def qrange(
@@ -215,6 +194,31 @@ def calc_qparams(
     return scale.astype(np.float32), zero_point.astype(np.int64)
 
 
+def calc_group_qparams(
+    x: np.ndarray,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+    group_size: int | None = None,
+    symmetric: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`calc_qparams` of each quantization unit of ``x`` (its min/max, see below).
+
+    The unit is the tensor (``axis=None``, shape (1,)), each slice along ``axis``
+    (shape ``(x.shape[axis],)``) or each group of ``group_size`` elements along ``axis``
+    (``x.shape`` with that axis replaced by the number of groups): exactly the shapes that
+    :func:`quantize` takes with the same ``axis`` and ``group_size``.
+
+    >>> w = np.array([[-1.0, 0.5, 2.0, 4.0]])
+    >>> calc_group_qparams(w, -8, 7, axis=1, group_size=2, symmetric=True)
+    (array([[0.13333334, 0.53333336]], dtype=float32), array([[0, 0]]))
+    """
+    x = _as_float32("x", x)
+    min_val, max_val = group_min_max(x, axis, group_size)  # (qparams shape)
+    scale, zero_point = calc_qparams(min_val.ravel(), max_val.ravel(), qmin, qmax, symmetric)
+    return scale.reshape(min_val.shape), zero_point.reshape(min_val.shape)
+
+
 def check_finite(name: str, x: np.ndarray) -> None:
     """Raise ``ValueError`` naming ``name`` if ``x`` holds a NaN or an infinity.
 
@@ -243,15 +247,20 @@ def broadcast_qparams(
     scale: float | np.ndarray,
     zero_point: int | np.ndarray,
     axis: int | None,
+    group_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate ``scale``/``zero_point`` and reshape them to broadcast against ``x``.
 
     Per tensor (``axis=None``) both become 0-d; per channel they become shape
-    ``(1, ..., C, ..., 1)`` with ``C = x.shape[axis]`` in position ``axis``.
+    ``(1, ..., C, ..., 1)`` with ``C = x.shape[axis]`` in position ``axis``; per group
+    (``group_size`` set) they must have :func:`~minquant.granularity.qparams_shape` and are
+    repeated ``group_size`` times along ``axis``, giving ``x.shape``.
 
     >>> scale, zero_point = broadcast_qparams(np.zeros((2, 3)), [0.5, 1.0, 2.0], [0, 1, 2], 1)
     >>> scale.shape, zero_point.shape
     ((1, 3), (1, 3))
+    >>> broadcast_qparams(np.zeros((1, 4)), [[0.5, 1.0]], [[0, 1]], 1, group_size=2)[1]
+    array([[0, 0, 1, 1]])
     """
     scale = _as_float32("scale", scale)
     if np.any(scale <= 0):
@@ -262,26 +271,27 @@ def broadcast_qparams(
             raise ValueError(f"zero_point must hold integers, got {zero_point.ravel()[:3]}")
     zero_point = zero_point.astype(np.int64)
     if axis is None:
+        if group_size is not None:
+            raise ValueError(f"group_size={group_size} needs an axis to group along, got axis=None")
         if scale.size != 1 or zero_point.size != 1:
             raise ValueError(
                 f"per-tensor quantization (axis=None) needs one scale and one zero_point, "
                 f"got {scale.size} and {zero_point.size}; pass axis= for per-channel"
             )
         return scale.reshape(()), zero_point.reshape(())
-    if not isinstance(axis, (int, np.integer)) or not -x.ndim <= axis < x.ndim:
-        raise ValueError(
-            f"axis must be an int in [{-x.ndim}, {x.ndim - 1}] for x.ndim={x.ndim}, got {axis!r}"
-        )
-    axis = axis % x.ndim
-    channels = x.shape[axis]
+    axis = check_axis(axis, x.ndim)
+    expected = qparams_shape(x.shape, axis, group_size)
     for name, p in (("scale", scale), ("zero_point", zero_point)):
-        if p.ndim != 1 or p.shape[0] != channels:
+        if p.shape != expected:
+            kind = "per-channel" if group_size is None else f"group_size={group_size}"
             raise ValueError(
-                f"{name} must have shape ({channels},) for x.shape={x.shape} and "
-                f"axis={axis}, got shape {p.shape}"
+                f"{name} must have shape {expected} for x.shape={x.shape}, axis={axis} and "
+                f"{kind}, got shape {p.shape}"
             )
+    if group_size is not None:
+        return expand_groups(scale, axis, group_size), expand_groups(zero_point, axis, group_size)
     shape = [1] * x.ndim
-    shape[axis] = channels
+    shape[axis] = x.shape[axis]
     return scale.reshape(shape), zero_point.reshape(shape)
 
 
@@ -292,38 +302,6 @@ def _check_zero_point(zero_point: np.ndarray, qmin: int, qmax: int) -> None:
         )
 
 
-def fma_float32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    r"""$\mathrm{fl}_{32}(a \cdot b + c)$ rounded once, as a fused multiply-add (FMA) does.
-
-    The product of two float32 numbers is exact in float64 (24 + 24 significand bits fit
-    in 53), but the float64 sum may round, and rounding twice (to float64, then to
-    float32) can miss by one float32 ulp when the first rounding lands exactly halfway
-    between two float32 numbers. Rounding the sum *to odd* first removes the problem
-    (Boldo & Melquiond 2008): TwoSum gives the exact error of the float64 sum; when it is
-    non-zero and the last significand bit is even, step one float64 ulp towards the
-    exact value.
-
-    >>> a, b = np.float32(1 + 2**-12), np.float32(1 + 2**-12)  # a*b = 1 + 2**-11 + 2**-24
-    >>> bool(fma_float32(a, b, np.float32(-1.0)) == np.float32(2**-11 + 2**-24))
-    True
-    >>> bool(a * b - np.float32(1.0) == np.float32(2**-11))  # two roundings lose 2**-24
-    True
-    """
-    a = np.asarray(a, dtype=np.float32).astype(np.float64)
-    b = np.asarray(b, dtype=np.float32).astype(np.float64)
-    c = np.asarray(c, dtype=np.float32).astype(np.float64)
-    product = a * b  # exact in float64
-    total = product + c
-    # TwoSum (Knuth): err is exactly (product + c) - total.
-    c_part = total - product
-    err = (product - (total - c_part)) + (c - c_part)
-    is_even = (np.asarray(total).view(np.uint64) & 1) == 0
-    towards_exact = np.nextafter(total, np.where(err > 0, np.inf, -np.inf))
-    total = np.where((err != 0) & is_even, towards_exact, total)
-    with np.errstate(over="ignore"):  # beyond float32's range: +-inf, as the FMA gives
-        return total.astype(np.float32)
-
-
 def quantize(
     x: np.ndarray,
     scale: float | np.ndarray,
@@ -332,6 +310,7 @@ def quantize(
     qmax: int,
     axis: int | None = None,
     rounding: str = "half_even",
+    group_size: int | None = None,
 ) -> np.ndarray:
     r"""Quantize a real tensor to integers in ``[qmin, qmax]``.
 
@@ -339,8 +318,12 @@ def quantize(
 
     exactly as ``torch.quantize_per_tensor``/``torch.quantize_per_channel``: the reciprocal
     $s^{-1}$ is taken in float32 and the zero point is added *before* rounding. With
-    ``axis`` set, ``scale`` and ``zero_point`` hold one value per slice along that axis.
-    The result has the smallest integer dtype that holds ``[qmin, qmax]``.
+    ``axis`` set, ``scale`` and ``zero_point`` hold one value per slice along that axis;
+    with ``group_size`` too, one value per group of ``group_size`` consecutive elements
+    along ``axis`` (shape: ``x.shape`` with that axis replaced by the number of groups; the
+    arithmetic is the per-channel one, and equals PyTorch's
+    ``quantized_decomposed.quantize_per_channel_group``). The result has the smallest
+    integer dtype that holds ``[qmin, qmax]``.
 
     >>> quantize(np.array([-1.0, 0.0, 0.26, 3.0]), 0.5, 2, 0, 255)
     array([0, 2, 3, 8], dtype=uint8)
@@ -348,10 +331,13 @@ def quantize(
     >>> quantize(w, np.array([0.25, 1.0]), np.array([0, 0]), -128, 127, axis=0)
     array([[ 2, -4],
            [ 2,  4]], dtype=int8)
+    >>> w = np.array([[0.5, -1.0, 2.0, 4.0]])  # two groups of 2 along axis 1
+    >>> quantize(w, np.array([[0.25, 1.0]]), np.array([[0, 0]]), -8, 7, axis=1, group_size=2)
+    array([[ 2, -4,  2,  4]], dtype=int8)
     """
     _check_qrange(qmin, qmax)
     x = _as_float32("x", x)
-    scale, zero_point = broadcast_qparams(x, scale, zero_point, axis)
+    scale, zero_point = broadcast_qparams(x, scale, zero_point, axis, group_size)
     _check_zero_point(zero_point, qmin, qmax)
     inv_scale = np.float32(1.0) / scale  # float32, like PyTorch
     if axis is None:
@@ -371,16 +357,21 @@ def dequantize(
     scale: float | np.ndarray,
     zero_point: int | np.ndarray,
     axis: int | None = None,
+    group_size: int | None = None,
 ) -> np.ndarray:
     r"""Map integers back to reals: $\hat{x} = s\,(x_q - z)$, in float32.
 
+    ``axis`` and ``group_size`` choose the granularity as in :func:`quantize`.
+
     >>> dequantize(np.array([0, 2, 3, 8], dtype=np.uint8), 0.5, 2)
     array([-1. ,  0. ,  0.5,  3. ], dtype=float32)
+    >>> dequantize(np.array([[1, 2, 1, 2]]), [[0.5, 2.0]], [[0, 1]], axis=1, group_size=2)
+    array([[0.5, 1. , 0. , 2. ]], dtype=float32)
     """
     x_q = np.asarray(x_q)
     if not np.issubdtype(x_q.dtype, np.integer):
         raise TypeError(f"x_q must be an integer array, got dtype {x_q.dtype}")
-    scale, zero_point = broadcast_qparams(x_q, scale, zero_point, axis)
+    scale, zero_point = broadcast_qparams(x_q, scale, zero_point, axis, group_size)
     # NOTE: x_q - z is an integer below 2**24, exact in float32; one rounding in the product.
     centered = (x_q.astype(np.int64) - zero_point).astype(np.float32)
     return centered * scale
@@ -394,6 +385,7 @@ def fake_quantize(
     qmax: int,
     axis: int | None = None,
     rounding: str = "half_even",
+    group_size: int | None = None,
 ) -> np.ndarray:
     r"""Quantize then dequantize, staying in float32 (the "simulated" quantizer of QAT).
 
@@ -401,7 +393,9 @@ def fake_quantize(
     q_{min}, q_{max}) - z\big)$$
 
     as ``torch.fake_quantize_per_tensor_affine`` (and ``_per_channel_affine``): the zero
-    point is added *after* rounding. For an odd zero point this breaks ties differently
+    point is added *after* rounding (``axis`` and ``group_size`` as in :func:`quantize`;
+    per group it equals ``torch.fake_quantize_per_channel_affine`` applied to the tensor
+    reshaped so that each group is a channel). For an odd zero point this breaks ties differently
     from :func:`quantize`:
 
     >>> x = np.array([0.5])              # x / scale = 0.5, a tie
@@ -412,7 +406,7 @@ def fake_quantize(
     """
     _check_qrange(qmin, qmax)
     x = _as_float32("x", x)
-    scale, zero_point = broadcast_qparams(x, scale, zero_point, axis)
+    scale, zero_point = broadcast_qparams(x, scale, zero_point, axis, group_size)
     _check_zero_point(zero_point, qmin, qmax)
     inv_scale = np.float32(1.0) / scale
     # NOTE: clip(z + r, qmin, qmax) - z == clip(r, qmin - z, qmax - z); clipping the float

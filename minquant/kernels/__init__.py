@@ -11,12 +11,14 @@ as plain Python (``_name_py``) and compiled with ``njit(cache=True)``: with
 ``NUMBA_DISABLE_JIT=1`` the very same Python runs, slowly, which is handy for stepping through.
 Nothing is compiled at import time; the first call compiles (and caches) each kernel.
 
-One idea per module, all re-exported here:
+One idea per module (the first four re-exported here; the last two imported by name):
 
 * :mod:`minquant.kernels.gemm`: the int8 GEMM with int32 accumulation;
 * :mod:`minquant.kernels.im2col`: im2col, max pooling and the convolution geometry;
 * :mod:`minquant.kernels.requant`: int32 accumulators -> int8 codes, both styles;
-* :mod:`minquant.kernels.directconv`: convolution and requantization fused in one pass.
+* :mod:`minquant.kernels.directconv`: convolution and requantization fused in one pass;
+* :mod:`minquant.kernels.vnni`: the int8 GEMM on the CPU's dot-product instructions (VNNI, AVX2);
+* :mod:`minquant.kernels.gemv`: weight-only (int4, int8, 2-7 bit) matrix-vector products.
 
 References:
 
