@@ -455,3 +455,34 @@ def test_mobile_layers_bad_input():
     for layer in (nn.ReLU6(), nn.GlobalAvgPool2d()):
         with pytest.raises(RuntimeError, match=r"backward\(\) called before forward\(\)"):
             layer.backward(np.zeros((1, 1, 2, 2), dtype=np.float32))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_clipped_relu_matches_torch_clamp_with_per_channel_bounds(dtype):
+    torch = _torch()
+    rng = np.random.default_rng(11)
+    upper = rng.uniform(0.5, 4.0, size=3)
+    layer = nn.ClippedReLU(upper).to(dtype)
+    x = rng.normal(1.0, 3.0, size=(5, 3, 4, 4)).astype(dtype)
+    x_t = torch.from_numpy(x.copy()).requires_grad_(True)
+    bound = torch.from_numpy(layer.upper.copy()).reshape(1, 3, 1, 1)
+    y_t = torch.clamp(x_t, min=torch.zeros_like(bound), max=bound)
+    grad_out = rng.normal(size=x.shape).astype(dtype)
+    y_t.backward(torch.from_numpy(grad_out))
+    tol = TOL[dtype]
+    np.testing.assert_allclose(layer(x), y_t.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(layer.backward(grad_out), x_t.grad.numpy(), rtol=tol, atol=tol)
+
+
+def test_clipped_relu_at_six_is_relu6_and_scale_equivariant():
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 5.0, size=(4, 3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(nn.ClippedReLU(np.full(3, 6.0))(x), nn.ReLU6()(x))
+    s = np.array([0.5, 2.0, 3.0])
+    scaled = nn.ClippedReLU(6.0 / s)(x / s[:, None])  # (4, 3, 5)
+    np.testing.assert_allclose(scaled, nn.ReLU6()(x) / s[:, None], rtol=1e-6)
+    with pytest.raises(ValueError, match="upper must be a 1-D array of bounds > 0"):
+        nn.ClippedReLU(np.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 2, ...\)"):
+        nn.ClippedReLU(np.ones(2))(np.zeros((1, 3), dtype=np.float32))

@@ -212,58 +212,6 @@ class ReLU(Module):
         return grad_out * self._cache
 
 
-class ReLU6(Module):
-    r"""$y = \min(\max(x, 0), 6)$, MobileNet's bounded ReLU.
-
-    The gradient passes where $0 < x < 6$ (0 at both kinks, as PyTorch's ``hardtanh``).
-
-    >>> ReLU6()(np.array([-1.0, 3.0, 6.0, 8.0])).tolist()
-    [0.0, 3.0, 6.0, 6.0]
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache = None
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        _check_input(self, x, "(any shape)", True)
-        self._cache = (x > 0) & (x < 6)
-        # NOTE: np.clip keeps the dtype of x (the bounds are Python ints).
-        return np.clip(x, 0, 6)
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        self._need_cache(self._cache)
-        return grad_out * self._cache
-
-
-class GlobalAvgPool2d(Module):
-    r"""Mean over all pixels of each channel: (N, C, H, W) -> (N, C).
-
-    $$y_{n,c} = \frac{1}{HW} \sum_{h,w} x_{n,c,h,w}, \qquad
-    \frac{\partial L}{\partial x_{n,c,h,w}} = \frac{g_{n,c}}{HW}.$$
-
-    PyTorch's twin is ``AdaptiveAvgPool2d(1)`` followed by ``Flatten()``.
-
-    >>> GlobalAvgPool2d()(np.arange(8.0).reshape(1, 2, 2, 2)).tolist()
-    [[1.5, 5.5]]
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache = None
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        _check_input(self, x, "(N, C, H, W)", x.ndim == 4)
-        self._cache = x.shape
-        return x.mean(axis=(2, 3))  # (N, C)
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        self._need_cache(self._cache)
-        h, w = self._cache[2:]
-        dx = grad_out / np.asarray(h * w, dtype=grad_out.dtype)  # (N, C)
-        return np.ascontiguousarray(np.broadcast_to(dx[:, :, None, None], self._cache))
-
-
 class MaxPool2d(Module):
     r"""Max over each $k \times k$ window with stride $s$ (default $s = k$), floor mode.
 
