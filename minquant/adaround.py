@@ -131,11 +131,15 @@ def adaround_layer(
 
     >>> rng = np.random.default_rng(0)
     >>> layer = nn.Linear(16, 8, rng=rng)
-    >>> X = rng.normal(size=(256, 16)).astype(np.float32)
+    >>> X = (rng.normal(size=(256, 16)) @ rng.normal(size=(16, 16))).astype(np.float32)
     >>> scale = np.array([np.abs(layer.weight.data).max() / 7])
     >>> result = adaround_layer(layer, X, scale, 4, AdaRoundConfig(iterations=300), rng)
-    >>> result.w_q.dtype, bool(result.mse_adaround < result.mse_nearest)
+    >>> result.w_q.dtype, bool(result.mse_adaround < 0.9 * result.mse_nearest)
     (dtype('int8'), True)
+
+    (Correlated inputs, as real activations are: with independent unit-variance inputs
+    rounding to nearest is already optimal for the output error, and AdaRound has nothing
+    to gain.)
     """
     config = AdaRoundConfig() if config is None else config
     rng = np.random.default_rng(0) if rng is None else rng
