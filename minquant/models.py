@@ -1,13 +1,20 @@
-"""Small reference models: a multilayer perceptron and a small CNN for 28x28 digits.
+"""Small reference models: a multilayer perceptron, a small CNN and a MobileNet-like CNN.
 
-``load_pretrained()`` returns the small CNN trained on the bundled MNIST subset (the weights
-ship with the package, made by ``benchmarks/make_pretrained.py``), so that quantization
-experiments need not train a model first.
+``load_pretrained(name)`` returns a model trained on the bundled MNIST subset (the weights
+ship with the package, made by ``benchmarks/make_pretrained.py`` and
+``benchmarks/make_pretrained_mobile.py``), so that quantization experiments need not train a
+model first.
+
+References:
+
+* A. Howard et al., "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision
+  Applications", 2017 (arXiv:1704.04861): the depthwise-separable block.
 """
 
 import pathlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
@@ -16,7 +23,7 @@ from minquant import nn
 
 #: Channel widths of the packaged ``small_cnn`` weights.
 SMALL_CNN_CHANNELS = (16, 32)
-PRETRAINED = {"small_cnn": "data/small_cnn.npz"}
+PRETRAINED = {"small_cnn": "data/small_cnn.npz", "mobile_cnn": "data/mobile_cnn.npz"}
 
 
 def small_cnn(
@@ -83,14 +90,17 @@ def _pretrained_path(name: str) -> Iterator[pathlib.Path]:
 
 
 def load_pretrained(name: str = "small_cnn") -> nn.Sequential:
-    """The packaged float model, trained on the bundled MNIST subset, in eval mode.
+    """The packaged float model ``name`` ("small_cnn" or "mobile_cnn"), in eval mode.
 
-    Its test accuracy is recorded next to the weights (see :func:`pretrained_accuracy`).
+    Both are trained on the bundled MNIST subset; the test accuracy is recorded next to the
+    weights (see :func:`pretrained_accuracy`).
 
     >>> from minquant.data import load_mnist
     >>> from minquant.train import evaluate
     >>> X, y = load_mnist("test")
     >>> evaluate(load_pretrained(), X, y) == pretrained_accuracy()
+    True
+    >>> evaluate(load_pretrained("mobile_cnn"), X, y) == pretrained_accuracy("mobile_cnn")
     True
     """
     from minquant.train import load, read_metadata
@@ -98,7 +108,11 @@ def load_pretrained(name: str = "small_cnn") -> nn.Sequential:
     with _pretrained_path(name) as path:
         meta = read_metadata(path)
         # NOTE: the rng only fills weights that load() overwrites at once.
-        model = small_cnn(rng=np.random.default_rng(0), c1=meta["c1"], c2=meta["c2"])
+        rng = np.random.default_rng(0)
+        if name == "mobile_cnn":
+            model = mobile_cnn(rng=rng, config=MobileCNNConfig.from_metadata(meta))
+        else:
+            model = small_cnn(rng=rng, c1=meta["c1"], c2=meta["c2"])
         load(model, path)
     return model.eval()
 
@@ -109,3 +123,80 @@ def pretrained_accuracy(name: str = "small_cnn") -> float:
 
     with _pretrained_path(name) as path:
         return float(read_metadata(path)["test_accuracy"])
+
+
+# --- mobile_cnn: depthwise-separable blocks ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MobileCNNConfig:
+    """Widths and strides of :func:`mobile_cnn` (the defaults are the packaged model's)."""
+
+    #: output channels of the 3x3 stem convolution (stride 2: 28x28 -> 14x14)
+    stem_channels: int = 16
+    #: one (output channels, depthwise stride) pair per depthwise-separable block
+    blocks: tuple[tuple[int, int], ...] = ((32, 1), (64, 2), (64, 2))
+    #: number of classes (outputs of the final Linear layer)
+    num_classes: int = 10
+
+    def to_metadata(self) -> dict[str, int | str]:
+        """The config as scalar metadata for :func:`minquant.train.save`."""
+        blocks = ",".join(f"{c}x{s}" for c, s in self.blocks)
+        return {
+            "stem_channels": self.stem_channels,
+            "blocks": blocks,
+            "num_classes": self.num_classes,
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "MobileCNNConfig":
+        """The config written by :meth:`to_metadata`.
+
+        >>> MobileCNNConfig.from_metadata(MobileCNNConfig().to_metadata()) == MobileCNNConfig()
+        True
+        """
+        blocks = tuple(
+            (int(c), int(s)) for c, s in (b.split("x") for b in str(meta["blocks"]).split(","))
+        )
+        return cls(int(meta["stem_channels"]), blocks, int(meta["num_classes"]))
+
+
+def mobile_cnn(
+    rng: np.random.Generator | None = None, config: MobileCNNConfig | None = None
+) -> nn.Sequential:
+    """A MobileNet-like CNN for (N, 1, 28, 28): stem, depthwise-separable blocks, pooling, linear.
+
+    Stem: Conv 3x3 stride 2 -> BatchNorm -> ReLU6. Each block: depthwise Conv 3x3
+    (``groups`` = channels) -> BatchNorm -> ReLU6, then pointwise Conv 1x1 -> BatchNorm ->
+    ReLU6. Then global average pooling and a Linear classifier. The convolutions have no
+    bias (the BatchNorm after each one has it), as in MobileNet.
+
+    Shapes with the default config: (N, 1, 28, 28) -> stem (N, 16, 14, 14) -> (N, 32, 14, 14)
+    -> (N, 64, 7, 7) -> (N, 64, 4, 4) -> pool (N, 64) -> (N, 10) logits.
+
+    >>> model = mobile_cnn(rng=np.random.default_rng(0))
+    >>> model(np.zeros((2, 1, 28, 28), dtype=np.float32)).shape
+    (2, 10)
+    >>> sum(p.data.size for p in model.parameters())
+    9034
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    config = MobileCNNConfig() if config is None else config
+    c = config.stem_channels
+    layers: list[nn.Module] = [
+        nn.Conv2d(1, c, 3, stride=2, padding=1, bias=False, rng=rng),
+        nn.BatchNorm2d(c),
+        nn.ReLU6(),
+    ]
+    for out_channels, stride in config.blocks:
+        layers += [
+            nn.Conv2d(c, c, 3, stride=stride, padding=1, groups=c, bias=False, rng=rng),
+            nn.BatchNorm2d(c),
+            nn.ReLU6(),
+            nn.Conv2d(c, out_channels, 1, bias=False, rng=rng),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU6(),
+        ]
+        c = out_channels
+    layers += [nn.GlobalAvgPool2d(), nn.Linear(c, config.num_classes, rng=rng)]
+    return nn.Sequential(*layers)

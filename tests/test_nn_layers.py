@@ -26,6 +26,7 @@ def _to_torch(torch, layer: nn.Module, dtype):
             layer.kernel_size,
             stride=layer.stride,
             padding=layer.padding,
+            groups=layer.groups,
             bias=layer.bias is not None,
         )
     elif isinstance(layer, nn.BatchNorm2d):
@@ -34,6 +35,10 @@ def _to_torch(torch, layer: nn.Module, dtype):
         twin = torch.nn.MaxPool2d(layer.kernel_size, stride=layer.stride)
     elif isinstance(layer, nn.ReLU):
         twin = torch.nn.ReLU()
+    elif isinstance(layer, nn.ReLU6):
+        twin = torch.nn.ReLU6()
+    elif isinstance(layer, nn.GlobalAvgPool2d):
+        twin = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     elif isinstance(layer, nn.Flatten):
         twin = torch.nn.Flatten()
     else:
@@ -330,3 +335,154 @@ def test_backward_before_forward_is_an_error(layer):
 def test_bad_hyperparameters(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# --- grouped / depthwise convolution, ReLU6, global average pooling ----------------------------
+
+GROUPED_CASES = [
+    # (c_in, c_out, groups, kernel_size, stride, padding)
+    (4, 4, 4, 3, 1, 1),  # depthwise, MobileNet's 3x3
+    (6, 6, 6, 3, 2, 1),  # depthwise, stride 2
+    (5, 10, 5, 3, 1, 0),  # depthwise with channel multiplier 2
+    (6, 4, 2, 3, 1, 1),  # two groups
+    (6, 9, 3, 1, 1, 0),  # grouped pointwise
+    (4, 4, 4, 2, 2, 0),  # even kernel, stride 2
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize(("c_in", "c_out", "groups", "k", "stride", "padding"), GROUPED_CASES)
+def test_grouped_conv2d_matches_torch(dtype, batch, c_in, c_out, groups, k, stride, padding):
+    rng = np.random.default_rng([batch, c_in, c_out, groups, k, stride, padding])
+    layer = nn.Conv2d(c_in, c_out, k, stride, padding, groups=groups, bias=batch == 7, rng=rng)
+    assert layer.weight.shape == (c_out, c_in // groups, k, k)
+    h, w = (int(s) for s in rng.integers(k + 1, 11, size=2))
+    x = rng.normal(size=(batch, c_in, h, w)).astype(dtype)
+    _check_against_torch(layer, x, rng)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 7])
+def test_relu6_and_global_avg_pool_match_torch(dtype, batch):
+    rng = np.random.default_rng([batch, 6])
+    x = rng.normal(2.0, 5.0, size=(batch, 3, 4, 5)).astype(dtype)  # values below 0 and above 6
+    x[0, 0, 0, :2] = [0.0, 6.0]  # the kinks: no gradient at either, as torch
+    _check_against_torch(nn.ReLU6(), x, rng)
+    _check_against_torch(nn.GlobalAvgPool2d(), x, rng)
+
+
+@pytest.mark.torch
+def test_grouped_conv2d_default_initialisation_has_torch_bounds():
+    torch = _torch()
+    layer = nn.Conv2d(16, 16, 3, groups=16, rng=np.random.default_rng(0))
+    twin = torch.nn.Conv2d(16, 16, 3, groups=16)
+    bound = 1 / np.sqrt(1 * 9)  # fan-in of one group: 1 channel * 3 * 3
+    for mine, theirs in ((layer.weight.data, twin.weight), (layer.bias.data, twin.bias)):
+        theirs = theirs.detach().numpy()
+        assert mine.shape == theirs.shape
+        assert np.abs(mine).max() <= bound and np.abs(theirs).max() <= bound
+    # 144 uniform weights fill the interval (the 16 biases are too few to say so reliably)
+    assert np.abs(layer.weight.data).max() > 0.9 * bound
+    assert np.abs(twin.weight.detach().numpy()).max() > 0.9 * bound
+
+
+MOBILE_FD_LAYERS = [
+    ("depthwise", lambda rng: nn.Conv2d(3, 3, 3, padding=1, groups=3, rng=rng), (2, 3, 4, 5)),
+    ("grouped_s2", lambda rng: nn.Conv2d(4, 6, 3, stride=2, groups=2, rng=rng), (2, 4, 6, 5)),
+    ("relu6", lambda rng: nn.ReLU6(), (3, 40)),
+    ("global_avg_pool", lambda rng: nn.GlobalAvgPool2d(), (2, 3, 3, 4)),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"), [c[1:] for c in MOBILE_FD_LAYERS], ids=[c[0] for c in MOBILE_FD_LAYERS]
+)
+def test_mobile_layers_backward_matches_finite_differences(make, shape):
+    test_backward_matches_finite_differences(make, shape)
+
+
+def test_depthwise_conv_is_one_filter_per_channel():
+    """Each output channel of a depthwise conv is the plain conv of its own input channel."""
+    rng = np.random.default_rng(0)
+    depthwise = nn.Conv2d(3, 3, 3, padding=1, groups=3, rng=rng).to(np.float64)
+    x = rng.normal(size=(2, 3, 5, 5))
+    y = depthwise(x)
+    for c in range(3):
+        single = nn.Conv2d(1, 1, 3, padding=1, rng=rng).to(np.float64)
+        single.weight.data[...] = depthwise.weight.data[c : c + 1]
+        single.bias.data[...] = depthwise.bias.data[c]
+        np.testing.assert_allclose(y[:, c : c + 1], single(x[:, c : c + 1]), rtol=1e-12)
+
+
+def test_mobile_layers_stay_float32():
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 2, 3, padding=1, groups=2, rng=rng),
+        nn.ReLU6(),
+        nn.GlobalAvgPool2d(),
+        nn.Linear(2, 3, rng=rng),
+    )
+    x = rng.normal(size=(2, 2, 5, 5)).astype(np.float32)
+    y = model(x)
+    dx = model.backward(np.ones_like(y))
+    assert y.dtype == dx.dtype == np.float32
+    assert all(p.grad.dtype == np.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: nn.Conv2d(4, 4, 3, groups=0), "groups must be an int >= 1, got 0"),
+        (
+            lambda: nn.Conv2d(4, 6, 3, groups=4),
+            r"in_channels \(4\) and out_channels \(6\) must both be divisible by groups \(4\)",
+        ),
+    ],
+)
+def test_bad_groups(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_mobile_layers_bad_input():
+    with pytest.raises(ValueError, match=r"GlobalAvgPool2d\(\): expected input of shape"):
+        nn.GlobalAvgPool2d()(np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4, H, W\)"):
+        nn.Conv2d(4, 4, 3, groups=4)(np.zeros((1, 2, 5, 5), dtype=np.float32))
+    for layer in (nn.ReLU6(), nn.GlobalAvgPool2d()):
+        with pytest.raises(RuntimeError, match=r"backward\(\) called before forward\(\)"):
+            layer.backward(np.zeros((1, 1, 2, 2), dtype=np.float32))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_clipped_relu_matches_torch_clamp_with_per_channel_bounds(dtype):
+    torch = _torch()
+    rng = np.random.default_rng(11)
+    upper = rng.uniform(0.5, 4.0, size=3)
+    layer = nn.ClippedReLU(upper).to(dtype)
+    x = rng.normal(1.0, 3.0, size=(5, 3, 4, 4)).astype(dtype)
+    x_t = torch.from_numpy(x.copy()).requires_grad_(True)
+    bound = torch.from_numpy(layer.upper.copy()).reshape(1, 3, 1, 1)
+    y_t = torch.clamp(x_t, min=torch.zeros_like(bound), max=bound)
+    grad_out = rng.normal(size=x.shape).astype(dtype)
+    y_t.backward(torch.from_numpy(grad_out))
+    tol = TOL[dtype]
+    np.testing.assert_allclose(layer(x), y_t.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(layer.backward(grad_out), x_t.grad.numpy(), rtol=tol, atol=tol)
+
+
+def test_clipped_relu_at_six_is_relu6_and_scale_equivariant():
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 5.0, size=(4, 3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(nn.ClippedReLU(np.full(3, 6.0))(x), nn.ReLU6()(x))
+    s = np.array([0.5, 2.0, 3.0])
+    scaled = nn.ClippedReLU(6.0 / s)(x / s[:, None])  # (4, 3, 5)
+    np.testing.assert_allclose(scaled, nn.ReLU6()(x) / s[:, None], rtol=1e-6)
+    with pytest.raises(ValueError, match="upper must be a 1-D array of bounds > 0"):
+        nn.ClippedReLU(np.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 2, ...\)"):
+        nn.ClippedReLU(np.ones(2))(np.zeros((1, 3), dtype=np.float32))

@@ -19,6 +19,7 @@ Every layer shows its own chain rule; there is no autograd. The API follows ``to
 
 from minquant.nn.functional import col2im, cross_entropy, im2col
 from minquant.nn.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from minquant.nn.mobile import ClippedReLU, GlobalAvgPool2d, ReLU6
 from minquant.nn.module import Module, Parameter, Sequential
 from minquant.nn.optim import SGD, Adam, Optimizer
 
@@ -26,14 +27,17 @@ __all__ = [
     "SGD",
     "Adam",
     "BatchNorm2d",
+    "ClippedReLU",
     "Conv2d",
     "Flatten",
+    "GlobalAvgPool2d",
     "Linear",
     "MaxPool2d",
     "Module",
     "Optimizer",
     "Parameter",
     "ReLU",
+    "ReLU6",
     "Sequential",
     "col2im",
     "cross_entropy",

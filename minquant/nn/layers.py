@@ -87,9 +87,17 @@ class Conv2d(Module):
     $(C_{out}, N H_o W_o)$, backward is $\partial L/\partial W = G\, \mathrm{cols}^\top$ and
     $\partial L/\partial x = \mathrm{col2im}(W^\top G)$.
 
+    **Groups.** With ``groups`` $= g$ the channels split into $g$ independent convolutions:
+    output channel $o$ sees only the $C/g$ input channels of its group, ``weight`` is
+    (out, in / g, k, k) and the matmul becomes a batch of $g$ matmuls. ``groups == in ==
+    out`` is the *depthwise* convolution of MobileNet (one $k \times k$ filter per channel).
+
     >>> conv = Conv2d(1, 4, kernel_size=3, padding=1, rng=np.random.default_rng(0))
     >>> conv(np.zeros((2, 1, 28, 28), dtype=np.float32)).shape
     (2, 4, 28, 28)
+    >>> depthwise = Conv2d(8, 8, kernel_size=3, padding=1, groups=8)
+    >>> depthwise.weight.shape
+    (8, 1, 3, 3)
     """
 
     def __init__(
@@ -99,20 +107,31 @@ class Conv2d(Module):
         kernel_size: int,
         stride: int = 1,
         padding: int = 0,
+        groups: int = 1,
         bias: bool = True,
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        for name, value, low in (("kernel_size", kernel_size, 1), ("stride", stride, 1)):
+        for name, value, low in (
+            ("kernel_size", kernel_size, 1),
+            ("stride", stride, 1),
+            ("groups", groups, 1),
+        ):
             if int(value) != value or value < low:
                 raise ValueError(f"Conv2d: {name} must be an int >= {low}, got {value!r}")
         if int(padding) != padding or padding < 0:
             raise ValueError(f"Conv2d: padding must be an int >= 0, got {padding!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) "
+                f"must both be divisible by groups ({groups})"
+            )
         rng = np.random.default_rng() if rng is None else rng
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, int(groups)
         self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
-        fan_in = in_channels * kernel_size * kernel_size
-        shape = (out_channels, in_channels, kernel_size, kernel_size)
+        # NOTE: as PyTorch, the fan-in counts only the input channels of one group.
+        fan_in = in_channels // groups * kernel_size * kernel_size
+        shape = (out_channels, in_channels // groups, kernel_size, kernel_size)
         self.weight = Parameter(kaiming_uniform(shape, fan_in, rng))
         self.bias = Parameter(kaiming_uniform((out_channels,), fan_in, rng)) if bias else None
         self._cache = None
@@ -120,7 +139,9 @@ class Conv2d(Module):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+            f"stride={self.stride}, padding={self.padding}, "
+            + (f"groups={self.groups}, " if self.groups > 1 else "")
+            + f"bias={self.bias is not None}"
         )
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -131,9 +152,15 @@ class Conv2d(Module):
         n = x.shape[0]
         h_out = conv_output_size(x.shape[2], k, s, p)
         w_out = conv_output_size(x.shape[3], k, s, p)
-        cols = im2col(x, k, s, p).reshape(-1, n * h_out * w_out)  # (C*k*k, N*Ho*Wo)
-        w2d = self.weight.data.reshape(self.out_channels, -1)  # (O, C*k*k)
-        y = w2d @ cols  # (O, N*Ho*Wo): the one BLAS call
+        if self.groups == 1:
+            cols = im2col(x, k, s, p).reshape(-1, n * h_out * w_out)  # (C*k*k, N*Ho*Wo)
+            w2d = self.weight.data.reshape(self.out_channels, -1)  # (O, C*k*k)
+            y = w2d @ cols  # (O, N*Ho*Wo): the one BLAS call
+        else:
+            g = self.groups
+            cols = im2col(x, k, s, p).reshape(g, -1, n * h_out * w_out)  # (g, C/g*k*k, M)
+            w3d = self.weight.data.reshape(g, self.out_channels // g, -1)  # (g, O/g, C/g*k*k)
+            y = np.matmul(w3d, cols).reshape(self.out_channels, -1)  # (O, M), g matmuls
         if self.bias is not None:
             y += self.bias.data[:, None]
         self._cache = (x.shape, cols)
@@ -145,12 +172,21 @@ class Conv2d(Module):
         x_shape, cols = self._cache
         n, o, h_out, w_out = grad_out.shape
         g = grad_out.transpose(1, 0, 2, 3).reshape(o, n * h_out * w_out)  # (O, N*Ho*Wo)
-        w2d = self.weight.data.reshape(o, -1)  # (O, C*k*k)
-        self.weight.grad += (g @ cols.T).reshape(self.weight.shape)  # (O, C, k, k)
         if self.bias is not None:
             self.bias.grad += g.sum(axis=1)  # (O,)
         k = self.kernel_size
-        dcols = (w2d.T @ g).reshape(x_shape[1], k, k, n, h_out, w_out)  # (C, k, k, N, Ho, Wo)
+        if self.groups == 1:
+            w2d = self.weight.data.reshape(o, -1)  # (O, C*k*k)
+            self.weight.grad += (g @ cols.T).reshape(self.weight.shape)  # (O, C, k, k)
+            dcols = w2d.T @ g  # (C*k*k, N*Ho*Wo)
+        else:
+            groups = self.groups
+            g3d = g.reshape(groups, o // groups, -1)  # (g, O/g, M)
+            w3d = self.weight.data.reshape(groups, o // groups, -1)  # (g, O/g, C/g*k*k)
+            dw = np.matmul(g3d, cols.transpose(0, 2, 1))  # (g, O/g, C/g*k*k)
+            self.weight.grad += dw.reshape(self.weight.shape)  # (O, C/g, k, k)
+            dcols = np.matmul(w3d.transpose(0, 2, 1), g3d)  # (g, C/g*k*k, M)
+        dcols = dcols.reshape(x_shape[1], k, k, n, h_out, w_out)  # (C, k, k, N, Ho, Wo)
         return col2im(dcols, x_shape, k, self.stride, self.padding)  # (N, C, H, W)
 
 
