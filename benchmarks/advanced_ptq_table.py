@@ -19,13 +19,13 @@ import time
 
 import numpy as np
 
-from minquant.adaround import AdaRoundConfig, adaround
-from minquant.bias_correction import analytic_bias_correction, empirical_bias_correction
 from minquant.data import load_mnist
-from minquant.equalize import absorb_bias, equalize, fold_batchnorm
 from minquant.models import load_pretrained
+from minquant.ptq.adaround import AdaRoundConfig, adaround
+from minquant.ptq.bias_correction import analytic_bias_correction, empirical_bias_correction
+from minquant.ptq.equalize import absorb_bias, equalize, fold_batchnorm
+from minquant.ptq.weight_quant import fake_quantize_weights
 from minquant.train import evaluate
-from minquant.weight_quant import fake_quantize_weights
 
 SEED = 0
 NUM_CALIB = 256

@@ -1,4 +1,4 @@
-"""minquant.adaround: soft rounding, its gradient, and reconstruction no worse than nearest."""
+"""minquant.ptq.adaround: soft rounding, its gradient, and reconstruction no worse than nearest."""
 
 import itertools
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from minquant import nn
-from minquant.adaround import (
+from minquant.data import load_mnist
+from minquant.models import load_pretrained
+from minquant.ptq.adaround import (
     AdaRoundConfig,
     adaround,
     adaround_layer,
@@ -15,10 +17,8 @@ from minquant.adaround import (
     rectified_sigmoid,
     rounding_regularizer,
 )
-from minquant.data import load_mnist
-from minquant.equalize import fold_batchnorm
-from minquant.models import load_pretrained
-from minquant.weight_quant import weight_scale
+from minquant.ptq.equalize import fold_batchnorm
+from minquant.ptq.weight_quant import weight_scale
 
 FAST = AdaRoundConfig(iterations=500)  # random layers: small, so more steps are cheap
 QUICK = AdaRoundConfig(iterations=200)  # mobile_cnn: eight layers, run twice

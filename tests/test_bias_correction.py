@@ -1,20 +1,20 @@
-"""minquant.bias_correction: empirical and analytic removal of the mean output shift."""
+"""minquant.ptq.bias_correction: empirical and analytic removal of the mean output shift."""
 
 import numpy as np
 import pytest
 
 from minquant import nn
-from minquant.bias_correction import (
+from minquant.data import load_mnist
+from minquant.models import load_pretrained
+from minquant.ptq.bias_correction import (
     analytic_bias_correction,
     clipped_normal_mean,
     empirical_bias_correction,
     expected_inputs,
     output_shift,
 )
-from minquant.data import load_mnist
-from minquant.equalize import equalize, fold_batchnorm
-from minquant.models import load_pretrained
-from minquant.weight_quant import fake_quantize_weights
+from minquant.ptq.equalize import equalize, fold_batchnorm
+from minquant.ptq.weight_quant import fake_quantize_weights
 
 
 @pytest.mark.parametrize(

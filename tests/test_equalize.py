@@ -1,11 +1,12 @@
-"""minquant.equalize: cross-layer equalization and bias absorption keep the float function."""
+"""minquant.ptq.equalize: cross-layer equalization and bias absorption keep the float function."""
 
 import numpy as np
 import pytest
 
 from minquant import nn
 from minquant.data import load_mnist
-from minquant.equalize import (
+from minquant.models import MobileCNNConfig, load_pretrained, mobile_cnn
+from minquant.ptq.equalize import (
     Pair,
     absorb_bias,
     cle_scales,
@@ -16,8 +17,7 @@ from minquant.equalize import (
     output_ranges,
     weight_times_constant,
 )
-from minquant.models import MobileCNNConfig, load_pretrained, mobile_cnn
-from minquant.weight_quant import fake_quantize_weights
+from minquant.ptq.weight_quant import fake_quantize_weights
 
 
 def _relative_error(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,10 +1,10 @@
-"""minquant.weight_quant: symmetric weight scales and weight-only fake quantization."""
+"""minquant.ptq.weight_quant: symmetric weight scales and weight-only fake quantization."""
 
 import numpy as np
 import pytest
 
 from minquant import nn
-from minquant.weight_quant import (
+from minquant.ptq.weight_quant import (
     fake_quantize_weights,
     round_weights,
     weight_layers,

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minquant import nn
-from minquant.equalize import ACTIVATIONS, WEIGHT_LAYERS, weight_times_constant
+from minquant.ptq.equalize import ACTIVATIONS, WEIGHT_LAYERS, weight_times_constant
 
 CHUNK = 500  # images per forward pass when measuring
 
@@ -94,11 +94,11 @@ def empirical_bias_correction(
     """Correct the biases of ``model_quant`` with output shifts measured on ``X_calib``.
 
     Both models have the same layers (``model_quant`` with quantized weights, for example from
-    :func:`minquant.weight_quant.fake_quantize_weights`). Layers are corrected in order, each
+    :func:`minquant.ptq.weight_quant.fake_quantize_weights`). Layers are corrected in order, each
     after the ones before it. Returns a corrected copy and the shifts on ``X_eval`` (default
     ``X_calib``).
 
-    >>> from minquant.weight_quant import fake_quantize_weights
+    >>> from minquant.ptq.weight_quant import fake_quantize_weights
     >>> rng = np.random.default_rng(0)
     >>> model = nn.Sequential(nn.Conv2d(1, 4, 3, rng=rng), nn.ReLU(), nn.Conv2d(4, 4, 1, rng=rng))
     >>> X = rng.random((32, 1, 6, 6), dtype=np.float32)
@@ -143,7 +143,7 @@ def expected_inputs(model: nn.Sequential) -> dict[int, np.ndarray]:
 
     Only for layers whose input is one ReLU-like activation (and global average pooling)
     of a layer carrying ``output_mean``/``output_std`` (see
-    :func:`minquant.equalize.fold_batchnorm`).
+    :func:`minquant.ptq.equalize.fold_batchnorm`).
     """
     layers = list(model)
     expected = {}
@@ -170,8 +170,8 @@ def analytic_bias_correction(
 ) -> tuple[nn.Sequential, list[BiasShift]]:
     r"""Correct ``model_quant``'s biases by $\varepsilon\,\mathbb{E}[x]$ from BatchNorm statistics.
 
-    ``model_float`` must carry the statistics (from :func:`minquant.equalize.fold_batchnorm`
-    or :func:`minquant.equalize.equalize`). No data is needed; ``X_eval``, when given, is only
+    ``model_float`` must carry the statistics (from :func:`minquant.ptq.equalize.fold_batchnorm`
+    or :func:`minquant.ptq.equalize.equalize`). No data is needed; ``X_eval``, when given, is only
     used to measure the shifts for the report (an empty report without it).
     """
     _check_pair(model_float, model_quant)

@@ -39,13 +39,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from minquant import nn
-from minquant.quant import qrange
-from minquant.weight_quant import (
+from minquant.ptq.weight_quant import (
     dequantize_weights,
     round_weights,
     weight_layers,
     weight_scale,
 )
+from minquant.quant import qrange
 
 ZETA, GAMMA = 1.1, -0.1
 
@@ -248,7 +248,7 @@ def adaround(
     """AdaRound every Conv2d/Linear layer of a float ``model`` (BatchNorm folded), in order.
 
     Each layer is reconstructed on its inputs in the float model. Returns {index: result};
-    ``{i: r.w_q}`` plugs into :func:`minquant.weight_quant.fake_quantize_weights` as ``codes``
+    ``{i: r.w_q}`` plugs into :func:`minquant.ptq.weight_quant.fake_quantize_weights` as ``codes``
     (with the same ``num_bits`` and ``per_channel``, hence the same scales).
     """
     rng = np.random.default_rng(0) if rng is None else rng
