@@ -52,6 +52,58 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
+#: How a stub says it is not written yet: NotImplementedError("Exercise 1.1: qrange").
+STUB_PREFIX = "Exercise "
+#: The one-line failure of a test that reached an unwritten stub (and the JUnit message).
+TODO_PREFIX = "NotImplementedError: Exercise "
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """A test that reaches an unwritten stub fails with one line, not the stub's traceback.
+
+    "NotImplementedError: Exercise 1.1: implement qrange (exercises/ex1_uniform.py)"
+    replaces a traceback that would print the stub's whole docstring for every test.
+    """
+    report = yield
+    excinfo = call.excinfo
+    if report.failed and excinfo is not None and excinfo.errisinstance(NotImplementedError):
+        message = str(excinfo.value)
+        if message.startswith(STUB_PREFIX) and ": " in message:
+            exercise, name = message.split(": ", 1)
+            where = Path(excinfo.traceback[-1].path)
+            if where.is_relative_to(EXERCISES_DIR.parent):
+                where = where.relative_to(EXERCISES_DIR.parent)
+            report.longrepr = f"NotImplementedError: {exercise}: implement {name} ({where})"
+    return report
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config):
+    """List each unwritten stub once (with how many tests wait for it) instead of per test.
+
+    The other failures keep pytest's usual report. The stub failures still count: the
+    final line and the exit status are unchanged.
+    """
+    failed = terminalreporter.stats.get("failed", [])
+    todo = [r for r in failed if str(r.longrepr).startswith(TODO_PREFIX)]
+    if not todo:
+        return (yield)
+    waiting: dict[str, int] = {}
+    for report in todo:
+        message = str(report.longrepr).removeprefix("NotImplementedError: ")
+        waiting[message] = waiting.get(message, 0) + 1
+    terminalreporter.write_sep("=", "exercises still to write", yellow=True)
+    for message, count in waiting.items():
+        tests = "test waits" if count == 1 else "tests wait"
+        terminalreporter.write_line(f"{message}: {count} {tests} for it")
+    terminalreporter.stats["failed"] = [r for r in failed if r not in todo]
+    try:
+        return (yield)
+    finally:
+        terminalreporter.stats["failed"] = failed
+
+
 @pytest.fixture(scope="module")
 def ex(request: pytest.FixtureRequest) -> ModuleType:
     """The module under test: ``test_ex3_calibration.py`` checks ``ex3_calibration.py``."""

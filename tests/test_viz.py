@@ -21,8 +21,17 @@ def test_show_images_grid_and_titles():
 
 
 def test_show_images_rejects_mismatched_titles():
-    with pytest.raises(ValueError, match="need one title per image"):
+    with pytest.raises(ValueError, match=r"need one title per image.*got 1 image and 2 titles"):
         viz.show_images([np.zeros((2, 2))], ["a", "b"])
+    with pytest.raises(ValueError, match="got 0 images and 0 titles"):
+        viz.show_images([], [])
+
+
+def test_use_style_sets_readable_defaults():
+    with plt.rc_context():
+        viz.use_style()
+        assert plt.rcParams["figure.dpi"] >= 90
+        assert plt.rcParams["legend.fontsize"] >= 9
 
 
 def test_plot_bit_layouts_draws_one_box_per_bit():
