@@ -30,8 +30,9 @@ def test_show_images_rejects_mismatched_titles():
 def test_use_style_sets_readable_defaults():
     with plt.rc_context():
         viz.use_style()
-        assert plt.rcParams["figure.dpi"] >= 90
-        assert plt.rcParams["legend.fontsize"] >= 9
+        # NOTE: text of at least 11 px: points * dpi / 72
+        assert plt.rcParams["legend.fontsize"] * plt.rcParams["figure.dpi"] / 72 >= 11
+        assert plt.rcParams["axes.titlesize"] * plt.rcParams["figure.dpi"] / 72 >= 13
 
 
 def test_plot_bit_layouts_draws_one_box_per_bit():
