@@ -6,10 +6,11 @@ Which code the tests check:
   ``exercises/exN_*.py``;
 * ``pytest exercises --solutions``: the reference answers, ``exercises/solutions/exN_*.py``.
 
-A plain ``pytest`` from the repository root reaches ``exercises/`` only through
-``testpaths``; it then skips collecting ``exercises/tests/`` here, because
-``tests/test_exercises.py`` runs both passes above in subprocesses and checks that every
-solution passes and every untouched stub fails with ``NotImplementedError``.
+When ``tests/`` is part of the run (a plain ``pytest`` from the repository root, which
+reaches ``exercises/`` through ``testpaths``, or ``pytest tests exercises``), collecting
+``exercises/tests/`` is skipped here, because ``tests/test_exercises.py`` runs both passes
+above in subprocesses and checks that every solution passes and every untouched stub fails
+with ``NotImplementedError``.
 
 Each test module ``exercises/tests/test_exN_name.py`` gets the module under test from the
 ``ex`` fixture (``exercises.exN_name`` or ``exercises.solutions.exN_name``) and carries the
@@ -43,11 +44,23 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"ex{i}: exercise {i} (pytest exercises -m ex{i})")
 
 
+def _runs_the_project_tests(config: pytest.Config) -> bool:
+    """Is tests/ part of this run (a plain `pytest`, `pytest tests exercises`, `pytest .`)?"""
+    if config.args_source == pytest.Config.ArgsSource.TESTPATHS:
+        return True
+    root = EXERCISES_DIR.parent
+    for arg in config.args:
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        if path in (root, root / "tests", root / "tests" / "test_exercises.py"):
+            return True
+    return False
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    # NOTE: a plain `pytest` gets its paths from testpaths; the exercise tests then run in
-    # tests/test_exercises.py (solutions must pass, stubs must fail), not here.
-    from_testpaths = config.args_source == pytest.Config.ArgsSource.TESTPATHS
-    if from_testpaths and collection_path == EXERCISES_DIR / "tests":
+    # NOTE: when tests/ is part of the run (a plain `pytest` gets its paths from testpaths),
+    # the exercise tests run in tests/test_exercises.py (solutions must pass, stubs must
+    # fail), not here; `pytest exercises` alone checks the learner's files.
+    if collection_path == EXERCISES_DIR / "tests" and _runs_the_project_tests(config):
         return True
     return None
 
