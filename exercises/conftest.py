@@ -6,10 +6,11 @@ Which code the tests check:
   ``exercises/exN_*.py``;
 * ``pytest exercises --solutions``: the reference answers, ``exercises/solutions/exN_*.py``.
 
-A plain ``pytest`` from the repository root reaches ``exercises/`` only through
-``testpaths``; it then skips collecting ``exercises/tests/`` here, because
-``tests/test_exercises.py`` runs both passes above in subprocesses and checks that every
-solution passes and every untouched stub fails with ``NotImplementedError``.
+When ``tests/`` is part of the run (a plain ``pytest`` from the repository root, which
+reaches ``exercises/`` through ``testpaths``, or ``pytest tests exercises``), collecting
+``exercises/tests/`` is skipped here, because ``tests/test_exercises.py`` runs both passes
+above in subprocesses and checks that every solution passes and every untouched stub fails
+with ``NotImplementedError``.
 
 Each test module ``exercises/tests/test_exN_name.py`` gets the module under test from the
 ``ex`` fixture (``exercises.exN_name`` or ``exercises.solutions.exN_name``) and carries the
@@ -51,13 +52,77 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"ex{i}: exercise {i} (pytest exercises -m ex{i})")
 
 
+def _runs_the_project_tests(config: pytest.Config) -> bool:
+    """Is tests/ part of this run (a plain `pytest`, `pytest tests exercises`, `pytest .`)?"""
+    if config.args_source == pytest.Config.ArgsSource.TESTPATHS:
+        return True
+    root = EXERCISES_DIR.parent
+    for arg in config.args:
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        if path in (root, root / "tests", root / "tests" / "test_exercises.py"):
+            return True
+    return False
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    # NOTE: a plain `pytest` gets its paths from testpaths; the exercise tests then run in
-    # tests/test_exercises.py (solutions must pass, stubs must fail), not here.
-    from_testpaths = config.args_source == pytest.Config.ArgsSource.TESTPATHS
-    if from_testpaths and collection_path == EXERCISES_DIR / "tests":
+    # NOTE: when tests/ is part of the run (a plain `pytest` gets its paths from testpaths),
+    # the exercise tests run in tests/test_exercises.py (solutions must pass, stubs must
+    # fail), not here; `pytest exercises` alone checks the learner's files.
+    if collection_path == EXERCISES_DIR / "tests" and _runs_the_project_tests(config):
         return True
     return None
+
+
+#: How a stub says it is not written yet: NotImplementedError("Exercise 1.1: qrange").
+STUB_PREFIX = "Exercise "
+#: The one-line failure of a test that reached an unwritten stub (and the JUnit message).
+TODO_PREFIX = "NotImplementedError: Exercise "
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    """A test that reaches an unwritten stub fails with one line, not the stub's traceback.
+
+    "NotImplementedError: Exercise 1.1: implement qrange (exercises/ex1_uniform.py)"
+    replaces a traceback that would print the stub's whole docstring for every test.
+    """
+    report = yield
+    excinfo = call.excinfo
+    if report.failed and excinfo is not None and excinfo.errisinstance(NotImplementedError):
+        message = str(excinfo.value)
+        if message.startswith(STUB_PREFIX) and ": " in message:
+            exercise, name = message.split(": ", 1)
+            where = Path(excinfo.traceback[-1].path)
+            if where.is_relative_to(EXERCISES_DIR.parent):
+                where = where.relative_to(EXERCISES_DIR.parent)
+            report.longrepr = f"NotImplementedError: {exercise}: implement {name} ({where})"
+    return report
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config):
+    """List each unwritten stub once (with how many tests wait for it) instead of per test.
+
+    The other failures keep pytest's usual report. The stub failures still count: the
+    final line and the exit status are unchanged.
+    """
+    failed = terminalreporter.stats.get("failed", [])
+    todo = [r for r in failed if str(r.longrepr).startswith(TODO_PREFIX)]
+    if not todo:
+        return (yield)
+    waiting: dict[str, int] = {}
+    for report in todo:
+        message = str(report.longrepr).removeprefix("NotImplementedError: ")
+        waiting[message] = waiting.get(message, 0) + 1
+    terminalreporter.write_sep("=", "exercises still to write", yellow=True)
+    for message, count in waiting.items():
+        tests = "test waits" if count == 1 else "tests wait"
+        terminalreporter.write_line(f"{message}: {count} {tests} for it")
+    terminalreporter.stats["failed"] = [r for r in failed if r not in todo]
+    try:
+        return (yield)
+    finally:
+        terminalreporter.stats["failed"] = failed
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
-"""Command line: ``python -m minquant demo`` runs the end-to-end tour on the bundled data.
+"""Command line: `python -m minquant demo` runs the end-to-end tour on the bundled data.
 
-1. train the float ``small_cnn`` on the 4,000 training digits (a tqdm bar per epoch);
+1. train the float small_cnn on the 4,000 training digits (one progress bar per stage);
 2. post-training quantization to W8A8 (integer-only inference, TFLite fixed point);
 3. quantization-aware fine-tuning at W4A4, converted to the same integer-only model;
 4. a table (test accuracy, bytes, images/s, agreement with the fake-quant simulation)
-   and a plot written to ``--out``.
+   and a plot, minquant_demo.png, written into the folder given by --out.
 """
 
 import argparse
@@ -21,7 +21,7 @@ class DemoConfig:
     epochs: int = 10  # float training epochs (as benchmarks/make_pretrained.py)
     qat_epochs: int = 2  # QAT fine-tuning epochs at W4A4 (as benchmarks/qat_table.py)
     seed: int = 0  # seeds the initialisation, shuffling and augmentation
-    out: pathlib.Path = pathlib.Path(".")  # where the plot is written
+    out: pathlib.Path = pathlib.Path("out")  # folder for the plot (ignored by git)
     train_size: int | None = None  # None: all 4,000 training digits
     calib_size: int = 1000  # calibration images for PTQ
     batch_size: int = 32  # training batch size
@@ -111,26 +111,40 @@ def run_demo(cfg: DemoConfig) -> tuple[list[Row], dict[str, list[float]], pathli
     rows = [float_row, ptq_row, qat_row]
     cfg.out.mkdir(parents=True, exist_ok=True)
     plot_path = cfg.out / "minquant_demo.png"
-    _plot_summary(history["loss"], rows).savefig(plot_path, dpi=100)
+    _plot_summary(history["loss"], rows).savefig(plot_path)
     return rows, history, plot_path
 
 
 def _plot_summary(losses: list[float], rows: list[Row]):
-    """Training loss per epoch, then test accuracy and model size of each model."""
+    """Training loss per epoch, then test accuracy and model size of each model.
+
+    Every panel is a bar chart whose axis starts at 0, with each bar's value printed on it:
+    no axis limit can hide a bar or exaggerate a difference.
+    """
+    import matplotlib
+
     # NOTE: a bare Figure needs no GUI backend (and leaves pyplot's state alone).
     from matplotlib.figure import Figure
 
+    from minquant import viz
+
     names = [r.name for r in rows]
     colors = ["#6d9dc5", "#81b29a", "#e07a5f"]
-    fig = Figure(figsize=(12, 3.5))
-    ax_loss, ax_acc, ax_bytes = fig.subplots(1, 3)
-    ax_loss.plot(np.arange(1, len(losses) + 1), losses, marker="o")
-    ax_loss.set(title="float training", xlabel="epoch", ylabel="cross-entropy loss")
-    ax_acc.bar(names, [100 * r.accuracy for r in rows], color=colors)
-    ax_acc.set(title="test accuracy (%)", ylim=(min(80, 100 * min(r.accuracy for r in rows)), 100))
-    ax_bytes.bar(names, [r.nbytes / 1024 for r in rows], color=colors)
-    ax_bytes.set(title="model size (KiB)")
-    fig.tight_layout()
+    epochs = [str(e) for e in range(1, len(losses) + 1)]
+    with matplotlib.rc_context(viz.STYLE):
+        fig = Figure(figsize=(12, 3.8))
+        ax_loss, ax_acc, ax_bytes = fig.subplots(1, 3)
+        bars = ax_loss.bar(epochs, losses, color="#6d9dc5")
+        ax_loss.bar_label(bars, fmt="%.3f")
+        ax_loss.set(title="float training loss", xlabel="epoch", ylabel="mean cross-entropy")
+        ax_loss.set_ylim(0, 1.15 * max(losses))
+        bars = ax_acc.bar(names, [100 * r.accuracy for r in rows], color=colors)
+        ax_acc.bar_label(bars, fmt="%.1f%%")
+        ax_acc.set(title="test accuracy (%)", ylim=(0, 110))
+        bars = ax_bytes.bar(names, [r.nbytes / 1024 for r in rows], color=colors)
+        ax_bytes.bar_label(bars, fmt="%.1f")
+        ax_bytes.set(title="model size (KiB)", ylim=(0, 1.15 * rows[0].nbytes / 1024))
+        fig.tight_layout()
     return fig
 
 
@@ -150,6 +164,10 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and shows each option's default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m minquant",
@@ -160,18 +178,35 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the end-to-end tour: train a CNN, quantize it (PTQ W8A8, QAT W4A4), compare",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     defaults = DemoConfig()
-    demo.add_argument("--epochs", type=int, default=defaults.epochs, help="float epochs")
-    demo.add_argument("--qat-epochs", type=int, default=defaults.qat_epochs)
-    demo.add_argument("--seed", type=int, default=defaults.seed)
+    demo.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help="epochs of float training"
+    )
+    demo.add_argument(
+        "--qat-epochs",
+        type=int,
+        default=defaults.qat_epochs,
+        help="epochs of quantization-aware fine-tuning at W4A4",
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seeds the initialisation, the shuffling and the augmentation",
+    )
     demo.add_argument(
         "--quick",
         action="store_true",
         help="a quick tour: 1 epoch each on 1,000 digits, overriding --epochs/--qat-epochs",
     )
-    demo.add_argument("--out", type=pathlib.Path, default=defaults.out, help="folder for the plot")
+    demo.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=defaults.out,
+        help="folder for the plot minquant_demo.png (created if missing)",
+    )
     return parser
 
 

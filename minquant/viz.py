@@ -9,6 +9,33 @@ from collections.abc import Sequence
 
 import numpy as np
 
+#: Readable defaults for every figure (notebooks call :func:`use_style` once; the demo
+#: draws inside ``matplotlib.rc_context(STYLE)``). At 72 dpi, matplotlib's default 10 pt
+#: text is 10 px high and the smaller titles and legends 7-8 px: too small to read.
+STYLE = {
+    "figure.dpi": 80,  # inline images: readable, and notebooks stay under 1 MB each
+    "savefig.dpi": 120,  # files written with savefig (the demo plot)
+    "font.size": 10.5,  # tick labels and text, in points (about 12 px at 80 dpi)
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "legend.fontsize": 10,
+    "figure.titlesize": 13,
+}
+
+
+def use_style() -> None:
+    """Apply :data:`STYLE` to matplotlib's global settings (call once, at the top of a notebook).
+
+    >>> use_style()
+    >>> import matplotlib
+    >>> matplotlib.rcParams["figure.dpi"] == STYLE["figure.dpi"]
+    True
+    """
+    import matplotlib
+
+    matplotlib.rcParams.update(STYLE)
+
+
 #: Colours of the bit fields in :func:`plot_bit_layouts`.
 FIELD_COLORS = {
     "sign": "#e07a5f",
@@ -16,6 +43,11 @@ FIELD_COLORS = {
     "mantissa": "#6d9dc5",
     "integer": "#f2cc8f",
 }
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless ``n`` is 1: "1 image", "2 images", "0 images"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def show_images(
@@ -35,8 +67,8 @@ def show_images(
 
     if len(images) != len(titles) or len(images) == 0:
         raise ValueError(
-            f"need one title per image and at least one image, got {len(images)} images "
-            f"and {len(titles)} titles"
+            "need one title per image and at least one image, got "
+            f"{_count(len(images), 'image')} and {_count(len(titles), 'title')}"
         )
     ncols = ncols or len(images)
     nrows = -(-len(images) // ncols)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from minquant.__main__ import Row, build_parser, format_table
+from minquant.__main__ import DemoConfig, Row, _plot_summary, build_parser, format_table
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -29,6 +29,37 @@ def test_demo_help_lists_options():
     assert result.returncode == 0
     for option in ("--epochs", "--seed", "--quick", "--out"):
         assert option in result.stdout
+
+
+def test_demo_help_is_plain_text_with_every_default():
+    result = run("demo", "--help")
+    assert "``" not in result.stdout  # no raw reST markup
+    assert "tqdm bar per epoch" not in result.stdout
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for option, default in (("--epochs", 10), ("--qat-epochs", 2), ("--seed", 0), ("--out", "out")):
+        assert option in text
+        assert f"(default: {default})" in text, option
+
+
+def test_plot_goes_to_the_out_folder_by_default():
+    assert DemoConfig().out.as_posix() == "out"  # listed in .gitignore as /out/
+
+
+@pytest.mark.parametrize("losses", [[0.5], [1.2, 0.4, 0.2]])
+def test_summary_plot_bars_start_at_zero_and_carry_their_values(losses):
+    rows = [
+        Row("FP32", 0.798, 80_000, 1000.0, None),
+        Row("PTQ W8A8", 0.80, 20_000, 2000.0, 0.999),
+        Row("QAT W4A4", 0.81, 10_000, 2000.0, 1.0),
+    ]
+    fig = _plot_summary(losses, rows)
+    for ax in fig.axes:
+        bars = ax.patches
+        assert bars, ax.get_title()
+        assert ax.get_ylim()[0] == 0, ax.get_title()
+        assert max(bar.get_height() for bar in bars) <= ax.get_ylim()[1], ax.get_title()
+        assert len(ax.texts) == len(bars), ax.get_title()  # a value printed on each bar
+    assert [t.get_text() for t in fig.axes[1].texts] == ["79.8%", "80.0%", "81.0%"]
 
 
 def test_unknown_command_fails():

@@ -21,8 +21,18 @@ def test_show_images_grid_and_titles():
 
 
 def test_show_images_rejects_mismatched_titles():
-    with pytest.raises(ValueError, match="need one title per image"):
+    with pytest.raises(ValueError, match=r"need one title per image.*got 1 image and 2 titles"):
         viz.show_images([np.zeros((2, 2))], ["a", "b"])
+    with pytest.raises(ValueError, match="got 0 images and 0 titles"):
+        viz.show_images([], [])
+
+
+def test_use_style_sets_readable_defaults():
+    with plt.rc_context():
+        viz.use_style()
+        # NOTE: text of at least 11 px: points * dpi / 72
+        assert plt.rcParams["legend.fontsize"] * plt.rcParams["figure.dpi"] / 72 >= 11
+        assert plt.rcParams["axes.titlesize"] * plt.rcParams["figure.dpi"] / 72 >= 13
 
 
 def test_plot_bit_layouts_draws_one_box_per_bit():
