@@ -280,6 +280,23 @@ def test_attention_is_causal_and_decodes_like_a_kv_cache():
     np.testing.assert_allclose(out_last, out[:, -3:], rtol=1e-12)
 
 
+def test_kv_cache_decoding_equals_the_full_forward():
+    rng = np.random.default_rng(0)
+    model = nn.TransformerLM(SMALL, rng=rng).to(np.float64)
+    tokens = rng.integers(0, SMALL.vocab_size, size=(2, 12))
+    full = model(tokens)  # (2, 12, vocab)
+    model.enable_kv_cache()
+    chunks = [model(tokens[:, a:b]) for a, b in ((0, 3), (3, 4), (4, 5), (5, 12))]
+    assert model.layers[0].attn.kv_cache.length == 12
+    with pytest.raises(RuntimeError, match="no backward pass with a key-value cache"):
+        model.backward(np.zeros_like(chunks[-1]))
+    with pytest.raises(ValueError, match=r"positions 12..12 are outside \[0, 11\]"):
+        model(tokens[:, :1])  # the context is full
+    model.disable_kv_cache()
+    np.testing.assert_allclose(np.concatenate(chunks, axis=1), full, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(model(tokens), full)  # no cache left behind
+
+
 def test_model_output_does_not_depend_on_future_tokens():
     rng = np.random.default_rng(0)
     model = nn.TransformerLM(SMALL, rng=rng)

@@ -23,6 +23,12 @@ $$\begin{pmatrix} y_{2i} \\ y_{2i+1} \end{pmatrix} =
 so $q_s \cdot k_t$ depends on $s - t$ only. A rotation's inverse is its transpose, so the
 backward pass is the same rotation by $-t\theta_i$.
 
+**Key-value cache.** When generating, each new token needs the keys and values of all the
+earlier positions, which do not change: :class:`KVCache` keeps them, so a decoding step runs
+the projections for one token only (a matrix-*vector* product per Linear) and attends to the
+cache. ``CausalSelfAttention.kv_cache`` is ``None`` in training; set it (or call
+``TransformerLM.enable_kv_cache()``) to decode.
+
 NOTE: the pairs are *adjacent* features, as in Meta's original Llama code and llama.cpp's
 ``LLAMA_ROPE_TYPE_NORM``: a GGUF export writes ``wq``/``wk`` as they are. Hugging Face's
 ``rotate_half`` pairs feature $i$ with $i + d_h/2$ instead; its checkpoints equal these up to a
@@ -166,6 +172,35 @@ def causal_attention_backward(
     return dq, dk, dv
 
 
+class KVCache:
+    """The keys and values (B, H, T_cached, head_dim) of one attention layer, post-RoPE.
+
+    ``append`` adds the new positions and returns everything cached so far.
+
+    >>> cache = KVCache()
+    >>> k, v = cache.append(np.zeros((1, 2, 3, 4)), np.ones((1, 2, 3, 4)))
+    >>> k, v = cache.append(np.zeros((1, 2, 1, 4)), np.ones((1, 2, 1, 4)))
+    >>> cache.length, k.shape
+    (4, (1, 2, 4, 4))
+    """
+
+    def __init__(self) -> None:
+        self.k: np.ndarray | None = None  # (B, H, T_cached, hd)
+        self.v: np.ndarray | None = None  # (B, H, T_cached, hd)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = np.concatenate([self.k, k], axis=-2)  # (B, H, T_cached + T, hd)
+            self.v = np.concatenate([self.v, v], axis=-2)  # (B, H, T_cached + T, hd)
+        return self.k, self.v
+
+
 class CausalSelfAttention(Module):
     r"""Multi-head causal self-attention with RoPE: (B, T, dim) -> (B, T, dim).
 
@@ -174,6 +209,9 @@ class CausalSelfAttention(Module):
 
     ``wq, wk, wv, wo`` are ordinary :class:`~minquant.nn.Linear` layers (dim, dim) without
     bias, applied to the (B*T, dim) matrix of all positions; replace them to quantize.
+    With a :class:`KVCache` in ``kv_cache`` the input holds the *new* positions only: they
+    are placed after the cached ones (RoPE positions and causal mask) and appended to the
+    cache; there is no backward pass in that mode.
 
     >>> attn = CausalSelfAttention(dim=8, n_heads=2, max_seq_len=16, rng=np.random.default_rng(0))
     >>> attn(np.ones((3, 5, 8), dtype=np.float32)).shape
@@ -200,6 +238,7 @@ class CausalSelfAttention(Module):
         self.wv = Linear(dim, dim, bias=False, rng=rng)
         self.wo = Linear(dim, dim, bias=False, rng=rng)
         self.rope = RotaryEmbedding(self.head_dim, max_seq_len, rope_base)
+        self.kv_cache: KVCache | None = None
         self._cache = None
 
     def extra_repr(self) -> str:
@@ -218,15 +257,20 @@ class CausalSelfAttention(Module):
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"{self._name()}: expected input (B, T, {self.dim}), got {x.shape}")
         b, t, _ = x.shape
+        start = 0 if self.kv_cache is None else self.kv_cache.length
         x2 = x.reshape(b * t, self.dim)  # (B*T, dim)
-        q = self.rope(self._split_heads(self.wq(x2), b, t))  # (B, H, T, hd)
-        k = self.rope(self._split_heads(self.wk(x2), b, t))  # (B, H, T, hd)
+        q = self.rope(self._split_heads(self.wq(x2), b, t), start)  # (B, H, T, hd)
+        k = self.rope(self._split_heads(self.wk(x2), b, t), start)  # (B, H, T, hd)
         v = self._split_heads(self.wv(x2), b, t)  # (B, H, T, hd)
-        out, p = causal_attention(q, k, v)  # (B, H, T, hd), (B, H, T, T)
-        self._cache = (q, k, v, p)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.append(k, v)  # (B, H, start + T, hd) each
+        out, p = causal_attention(q, k, v)  # (B, H, T, hd), (B, H, T, start + T)
+        self._cache = None if self.kv_cache is not None else (q, k, v, p)
         return self.wo(self._merge_heads(out)).reshape(b, t, self.dim)  # (B, T, dim)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        if self.kv_cache is not None:
+            raise RuntimeError(f"{self._name()}: no backward pass with a key-value cache")
         self._need_cache(self._cache)
         q, k, v, p = self._cache
         b, _, t, _ = q.shape

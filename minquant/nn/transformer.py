@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minquant.nn.attention import CausalSelfAttention
+from minquant.nn.attention import CausalSelfAttention, KVCache
 from minquant.nn.embedding import Embedding
 from minquant.nn.layers import Linear
 from minquant.nn.module import Module, Sequential
@@ -162,6 +162,8 @@ class TransformerLM(Module):
     """Decoder-only language model: tokens (B, T) int -> next-token logits (B, T, vocab).
 
     ``backward(dlogits)`` fills every ``.grad`` and returns ``None`` (tokens have no gradient).
+    After ``enable_kv_cache()`` each call takes the *next* tokens only and returns their
+    logits (decoding; see :class:`~minquant.nn.attention.KVCache`).
 
     >>> config = TransformerConfig(vocab_size=10, dim=8, n_layers=2, n_heads=2, hidden_dim=16)
     >>> model = TransformerLM(config, rng=np.random.default_rng(0))
@@ -186,6 +188,28 @@ class TransformerLM(Module):
         self.layers = Sequential(*blocks)
         self.norm = RMSNorm(c.dim, c.norm_eps)
         self.output = Linear(c.dim, c.vocab_size, bias=False, rng=rng)
+
+    def attention_layers(self) -> list[CausalSelfAttention]:
+        return [m for m in self.modules() if isinstance(m, CausalSelfAttention)]
+
+    def enable_kv_cache(self) -> None:
+        """Give every attention layer a new, empty key-value cache (decoding from position 0).
+
+        >>> model = TransformerLM(TransformerConfig(), rng=np.random.default_rng(0))
+        >>> full = model(np.array([[5, 6, 7]]))  # (1, 3, vocab)
+        >>> model.enable_kv_cache()
+        >>> first_two, third = model(np.array([[5, 6]])), model(np.array([[7]]))
+        >>> model.disable_kv_cache()
+        >>> bool(np.allclose(third[0, 0], full[0, 2], atol=1e-5))
+        True
+        """
+        for attn in self.attention_layers():
+            attn.kv_cache = KVCache()
+
+    def disable_kv_cache(self) -> None:
+        """Drop the caches: calls take whole sequences again (training, evaluation)."""
+        for attn in self.attention_layers():
+            attn.kv_cache = None
 
     def forward(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens)
