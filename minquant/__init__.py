@@ -39,6 +39,7 @@ _SUBMODULES = (
     "formats",
     "gemm",
     "kernels",
+    "llm",
     "models",
     "nn",
     "observers",

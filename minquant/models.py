@@ -1,8 +1,10 @@
-"""Small reference models: a multilayer perceptron and a small CNN for 28x28 digits.
+"""Small reference models: a multilayer perceptron, a small CNN for 28x28 digits and a tiny
+character-level language model.
 
 ``load_pretrained()`` returns the small CNN trained on the bundled MNIST subset (the weights
 ship with the package, made by ``benchmarks/make_pretrained.py``), so that quantization
-experiments need not train a model first.
+experiments need not train a model first; ``load_pretrained("tiny_lm")`` returns the language
+model trained on the bundled Shakespeare (``benchmarks/make_pretrained_lm.py``).
 """
 
 import pathlib
@@ -16,7 +18,7 @@ from minquant import nn
 
 #: Channel widths of the packaged ``small_cnn`` weights.
 SMALL_CNN_CHANNELS = (16, 32)
-PRETRAINED = {"small_cnn": "data/small_cnn.npz"}
+PRETRAINED = {"small_cnn": "data/small_cnn.npz", "tiny_lm": "data/tiny_lm.npz"}
 
 
 def small_cnn(
@@ -82,10 +84,12 @@ def _pretrained_path(name: str) -> Iterator[pathlib.Path]:
         yield path
 
 
-def load_pretrained(name: str = "small_cnn") -> nn.Sequential:
-    """The packaged float model, trained on the bundled MNIST subset, in eval mode.
+def load_pretrained(name: str = "small_cnn") -> nn.Module:
+    """The packaged float model ``name``, in eval mode.
 
-    Its test accuracy is recorded next to the weights (see :func:`pretrained_accuracy`).
+    ``"small_cnn"`` is trained on the bundled MNIST subset; its test accuracy is recorded
+    next to the weights (see :func:`pretrained_accuracy`). ``"tiny_lm"`` is
+    :func:`tiny_lm` trained on ``load_text("train")`` (see :func:`pretrained_val_loss`).
 
     >>> from minquant.data import load_mnist
     >>> from minquant.train import evaluate
@@ -98,7 +102,10 @@ def load_pretrained(name: str = "small_cnn") -> nn.Sequential:
     with _pretrained_path(name) as path:
         meta = read_metadata(path)
         # NOTE: the rng only fills weights that load() overwrites at once.
-        model = small_cnn(rng=np.random.default_rng(0), c1=meta["c1"], c2=meta["c2"])
+        if name == "tiny_lm":
+            model = tiny_lm(_tiny_lm_config(meta), rng=np.random.default_rng(0))
+        else:
+            model = small_cnn(rng=np.random.default_rng(0), c1=meta["c1"], c2=meta["c2"])
         load(model, path)
     return model.eval()
 
@@ -109,3 +116,36 @@ def pretrained_accuracy(name: str = "small_cnn") -> float:
 
     with _pretrained_path(name) as path:
         return float(read_metadata(path)["test_accuracy"])
+
+
+def tiny_lm(
+    config: nn.TransformerConfig | None = None, rng: np.random.Generator | None = None
+) -> nn.TransformerLM:
+    """A small Llama-style character-level language model (defaults: :class:`TransformerConfig`).
+
+    Four pre-norm blocks of width 128 (4 heads, SwiGLU 384, RoPE, RMSNorm, no biases) over
+    the 63-character vocabulary of :data:`minquant.data.VOCAB`, context 128: 869,248
+    parameters. Tokens (B, T) -> logits (B, T, 63).
+
+    >>> model = tiny_lm(rng=np.random.default_rng(0))
+    >>> model(np.zeros((2, 5), dtype=np.int64)).shape
+    (2, 5, 63)
+    >>> sum(p.data.size for p in model.parameters())
+    869248
+    """
+    config = nn.TransformerConfig() if config is None else config
+    return nn.TransformerLM(config, rng=rng)
+
+
+def _tiny_lm_config(meta: dict[str, float | int | str]) -> nn.TransformerConfig:
+    """The config stored as ``config.<field>`` metadata by the training script."""
+    fields = nn.TransformerConfig.__dataclass_fields__
+    return nn.TransformerConfig(**{name: meta[f"config.{name}"] for name in fields})
+
+
+def pretrained_val_loss(name: str = "tiny_lm") -> float:
+    """Validation loss (nats per character on ``load_text("val")``) recorded at training."""
+    from minquant.train import read_metadata
+
+    with _pretrained_path(name) as path:
+        return float(read_metadata(path)["val_loss"])

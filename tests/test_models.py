@@ -68,5 +68,7 @@ test_pretrained_small_cnn_matches_torch = pytest.mark.torch(test_pretrained_smal
 
 
 def test_unknown_pretrained_name():
-    with pytest.raises(ValueError, match=r"name must be one of \['small_cnn'\], got 'resnet'"):
+    with pytest.raises(
+        ValueError, match=r"name must be one of \['small_cnn', 'tiny_lm'\], got 'resnet'"
+    ):
         load_pretrained("resnet")
