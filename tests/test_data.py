@@ -1,4 +1,4 @@
-"""minquant.data: the bundled MNIST subset, the photograph, batching, augmentation."""
+"""minquant.data: the bundled MNIST subset, the photograph, the text, batching, augmentation."""
 
 import hashlib
 from importlib import resources
@@ -6,7 +6,16 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from minquant.data import iterate_minibatches, load_mnist, load_photo, random_shift
+from minquant.data import (
+    VOCAB,
+    decode,
+    encode,
+    iterate_minibatches,
+    load_mnist,
+    load_photo,
+    load_text,
+    random_shift,
+)
 
 MNIST_SHA256 = "246e0c30eeea57c8d0037d3f38c8e00651ec204cc61b8022563e9aeeb9d756f4"
 
@@ -94,3 +103,43 @@ def test_random_shift_moves_each_image_by_its_own_offset():
     np.testing.assert_array_equal(random_shift(X, 0, rng), X)
     with pytest.raises(ValueError, match="max_shift must be >= 0, got -1"):
         random_shift(X, -1, rng)
+
+
+def test_text_is_the_recorded_file_and_split():
+    """The bundled text is the one recorded in minquant/data.py, split at Macbeth."""
+    train, val = load_text("train"), load_text("val")
+    full = (train + val).encode("ascii")
+    assert hashlib.sha256(full).hexdigest() == (
+        "de1896173c08c54881e2de1ec77eaddd0c4d96fcd22787e20162180c9c63a187"
+    )
+    assert len(full) == 1_018_540 and len(val) == 95_857
+    assert train.endswith("And Robin shall restore amends.\n\n")
+    assert val.startswith("First Witch:\nWhen shall we three meet again\n")
+    assert "_" not in full.decode() and "*" not in full.decode()  # markup stripped
+    assert "".join(sorted(set(train + val))) == VOCAB
+    with pytest.raises(ValueError, match="split must be 'train' or 'val', got 'test'"):
+        load_text("test")
+
+
+def test_encode_decode_round_trip_and_tokens():
+    text = load_text("val")
+    tokens = encode(text)
+    assert tokens.dtype == np.int64 and tokens.shape == (len(text),)
+    assert decode(tokens) == text
+    # the token of a character is its index in VOCAB, independently computed
+    assert tokens[:5].tolist() == [VOCAB.index(char) for char in text[:5]]
+    assert encode("\n ").tolist() == [0, 1] and encode("z").tolist() == [len(VOCAB) - 1]
+    assert encode("").shape == (0,) and decode(np.array([], dtype=np.int64)) == ""
+
+
+def test_encode_decode_bad_input():
+    with pytest.raises(ValueError, match=r"characters \['\$', '7'\] are not in the vocab"):
+        encode("7 $")
+    with pytest.raises(ValueError, match="characters"):
+        encode("caf\u00e9")
+    with pytest.raises(TypeError, match="text must be a str, got bytes"):
+        encode(b"abc")
+    with pytest.raises(ValueError, match=r"tokens must be in \[0, 62\], got 0..63"):
+        decode(np.array([0, 63]))
+    with pytest.raises(ValueError, match="1-D integer array, got float64"):
+        decode(np.array([1.0]))

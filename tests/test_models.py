@@ -75,7 +75,7 @@ test_pretrained_small_cnn_matches_torch = pytest.mark.torch(test_pretrained_smal
 
 
 def test_unknown_pretrained_name():
-    match = r"name must be one of \['mobile_cnn', 'small_cnn'\], got 'resnet'"
+    match = r"name must be one of \['mobile_cnn', 'small_cnn', 'tiny_lm'\], got 'resnet'"
     with pytest.raises(ValueError, match=match):
         load_pretrained("resnet")
 

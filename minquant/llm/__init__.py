@@ -1,12 +1,26 @@
-"""Language models: weight-only quantization (``mq.llm.quantize_weights``).
+"""Language models: evaluation (perplexity), sampling (generate) and weight-only quantization.
 
-Names are loaded on first use (PEP 562), so ``import minquant.llm`` compiles nothing.
+Names are loaded on first use (PEP 562), so ``import minquant.llm`` compiles nothing:
+
+* :mod:`minquant.llm.lm`: ``perplexity``, ``next_token_loss``, ``generate``;
+* :mod:`minquant.llm.weight_only`: ``quantize_weights``, ``WeightOnlyLinear`` and the registry
+  of weight quantizers (``WEIGHT_QUANTIZERS``, the ``method=`` hook).
+
+>>> import numpy as np
+>>> import minquant as mq
+>>> lm = mq.models.load_pretrained("tiny_lm")
+>>> text = mq.llm.generate(lm, "ROMEO:", 40, temperature=0.8, rng=np.random.default_rng(0))
+>>> text.startswith("ROMEO:"), len(text)
+(True, 46)
 """
 
 import importlib
 
 #: public name -> the submodule that defines it
 _LAZY = {
+    "generate": "lm",
+    "next_token_loss": "lm",
+    "perplexity": "lm",
     "quantize_weights": "weight_only",
     "WeightOnlyLinear": "weight_only",
     "WEIGHT_QUANTIZERS": "weight_only",
@@ -17,6 +31,10 @@ def __getattr__(name: str) -> object:
     if name in _LAZY:
         return getattr(importlib.import_module(f"minquant.llm.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'minquant.llm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 __all__ = sorted(_LAZY)
