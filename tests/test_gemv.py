@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import minquant as mq
 from minquant.kernels.gemv import (
     _half_to_float,
+    interleave_lanes,
     matmul_weight_only,
     matmul_weight_only_ref,
     pack_weight,
@@ -95,21 +96,25 @@ def test_large_matrix_within_bound_and_bound_catches_a_zero_point_bug(num_bits):
 
 @pytest.mark.parametrize("num_bits", [2, 3, 4, 5, 8])
 @pytest.mark.parametrize("signed", [True, False])
-def test_pack_weight_layout_and_round_trip(num_bits, signed):
-    """Interleaved at 4 and 8 bits: byte j of group g of a row lands at j * G + g."""
+@pytest.mark.parametrize(("in_features", "lanes"), [(2048, 64), (96, 48)])
+def test_pack_weight_layout_and_round_trip(num_bits, signed, in_features, lanes):
+    """At 4 and 8 bits byte j of lane c lands at j * L + c (a lane is a group when a row
+    has 32 groups or more, else an equal piece of one: 3 groups of 32 make 48 lanes of 2
+    codes); the other widths keep pack_bits order."""
     rng = np.random.default_rng(num_bits)
     qmin, qmax = mq.qrange(num_bits, signed)
-    w_q = rng.integers(qmin, qmax + 1, size=(3, 96))  # (N, K), groups of 32
+    w_q = rng.integers(qmin, qmax + 1, size=(3, in_features))  # (N, K), groups of 32
     packed = pack_weight(w_q, num_bits, 32, signed)  # (N, K * b / 8)
     rows = pack_bits(w_q, num_bits, signed).reshape(3, -1)  # (N, K * b / 8)
     if num_bits in (4, 8):
-        per_group = 32 * num_bits // 8
-        for g in range(3):
-            for j in range(per_group):
-                assert np.array_equal(packed[:, j * 3 + g], rows[:, g * per_group + j])
+        assert interleave_lanes(in_features, 32, num_bits) == lanes
+        per_lane = rows.shape[1] // lanes
+        for c in range(lanes):
+            for j in range(per_lane):
+                assert np.array_equal(packed[:, j * lanes + c], rows[:, c * per_lane + j])
     else:
         assert np.array_equal(packed, rows)
-    np.testing.assert_array_equal(unpack_weight(packed, num_bits, 32, 96, signed), w_q)
+    np.testing.assert_array_equal(unpack_weight(packed, num_bits, 32, in_features, signed), w_q)
 
 
 def test_half_to_float_all_positive_finite_bit_patterns():

@@ -3,18 +3,21 @@ r"""Weight-only matrix-vector products: packed low-bit weights, float activation
 Generating one token of a language model multiplies a vector by every weight matrix once:
 each weight is read from memory once and used for one multiply-add, so the time is the
 time to *read the weights*. Storing them in 4 bits instead of 32 reads 8x fewer bytes.
-These kernels never build a float copy of the weight: each thread takes one output row,
-unpacks a group of codes at a time into registers and accumulates in float32:
+These kernels never build a float copy of the weight: they unpack the codes in registers
+and accumulate in float32, one partial sum per group, then scale:
 
 $$y_{b,n} = \sum_{g} s_{n,g} \sum_{i \in g} \big(q_{n,i} - z_{n,g}\big)\, x_{b,i}.$$
 
-Layout (row-major, like ``Linear.weight`` (out, in)): ``packed[n]`` holds row ``n``'s codes
-as :func:`~minquant.packing.pack_bits` writes them (int4: element ``2i`` in the low nibble
-of byte ``i``); ``scale`` (out, in // g) is float16 (the stored precision, converted
-exactly to float32 in the kernel); ``zero_point`` is (out, in // g) or ``None``
-(symmetric: 0). Signed codes are two's complement; the kernel flips each field's sign bit
-(``byte ^ 0x88`` for int4) to read them as offset binary, $q + 2^{b-1}$, and adds
-$2^{b-1}$ to the zero point.
+Layout (row-major, like ``Linear.weight`` (out, in)): ``packed[n]`` holds row ``n``'s
+codes as :func:`pack_weight` writes them: :func:`~minquant.packing.pack_bits` order
+(int4: element ``2i`` in the low nibble of byte ``i``), and at 4 and 8 bits
+group-interleaved (byte ``j`` of every group, then byte ``j + 1``), so that the SIMD lanes
+of the int4 and int8 kernels run across groups: contiguous loads, one partial sum per lane,
+no horizontal sum per group. ``scale`` (out, in // g) is float16 (the stored precision,
+converted exactly to float32 in the kernel); ``zero_point`` is (out, in // g) or ``None``
+(symmetric: 0). Signed codes are two's complement (read through an int8 view at 4 and 8
+bits; the 2-7-bit kernel flips each field's sign bit to read offset binary,
+$q + 2^{b-1}$, and adds $2^{b-1}$ to the zero point).
 
 Rounding: the result equals :func:`matmul_weight_only_ref` (``dequantize``, then a float32
 matmul) up to float32 summation order, bounded by :func:`rounding_bound`.
@@ -71,80 +74,86 @@ def _split_nibbles(byte, flip):
     return t - np.float32(16.0) * high, high
 
 
+@njit(cache=True)
+def _scaled_sum(acc, scale_bits_row):
+    """$\\sum_g s_g \\sum_{l \\in g} acc_l$: the lanes of a group are contiguous."""
+    groups = scale_bits_row.shape[0]
+    split = acc.shape[0] // groups  # lanes per group
+    total = np.float32(0.0)
+    for g in range(groups):
+        part = np.float32(0.0)
+        for c in range(g * split, (g + 1) * split):
+            part += acc[c]
+        total += _half_to_float(scale_bits_row[g]) * part
+    return total
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _int4_kernel(packed, scale_bits, zero_point, z_offset, x_even, x_odd, flip):
-    # packed (N, g/2, G): row n's byte i of every group, then byte i + 1, ...;
-    # x_even / x_odd (B, g/2, G): x[b, g * gs + 2i] and x[b, g * gs + 2i + 1]
-    rows, half, groups = packed.shape
+    # packed (N, B_lane, L): row n's byte i of every lane, then byte i + 1, ...;
+    # x_even / x_odd (B, B_lane, L): the x of the low and high nibbles, in the same order
+    rows, lane_bytes, lanes = packed.shape
     batch = x_even.shape[0]
+    split = lanes // scale_bits.shape[1]  # lanes per group
     has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
     y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
-        s = np.empty(groups, dtype=np.float32)  # (G,) the row's scales
-        z_hi = np.zeros(groups, dtype=np.float32)  # (G,) zero point of the high nibbles
-        z_lo = np.empty(groups, dtype=np.float32)  # (G,) ... of the low nibbles
-        acc = np.empty(groups, dtype=np.float32)  # (G,) one partial sum per group
+        z_hi = np.zeros(lanes, dtype=np.float32)  # (L,) zero point of the high nibbles
+        z_lo = np.empty(lanes, dtype=np.float32)  # (L,) ... of the low nibbles
+        acc = np.empty(lanes, dtype=np.float32)  # (L,) one partial sum per lane
         for n in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            for g in range(groups):
-                s[g] = _half_to_float(scale_bits[n, g])
+            for lane in range(lanes):
                 if has_zero_point:
-                    z_hi[g] = np.float32(zero_point[n, g])
-                z_lo[g] = z_hi[g] + np.float32(z_offset)
+                    z_hi[lane] = np.float32(zero_point[n, lane // split])
+                z_lo[lane] = z_hi[lane] + np.float32(z_offset)
             for b in range(batch):
                 acc[:] = 0.0
-                for i in range(half):
-                    codes = packed[n, i]  # (G,) byte i of every group
-                    xe = x_even[b, i]  # (G,)
-                    xo = x_odd[b, i]  # (G,)
-                    # NOTE: the SIMD lanes run across groups (G contiguous bytes, one partial
-                    # sum each): no horizontal sum and no scale per group of 64 weights.
+                for i in range(lane_bytes):
+                    codes = packed[n, i]  # (L,) byte i of every lane
+                    xe = x_even[b, i]  # (L,)
+                    xo = x_odd[b, i]  # (L,)
+                    # NOTE: the SIMD lanes run across lanes of the row (contiguous bytes,
+                    # one partial sum each): no horizontal sum and no scale per group.
                     if has_zero_point:
-                        for g in range(groups):
-                            lo, hi = _split_nibbles(codes[g], flip)
-                            acc[g] += (lo - z_lo[g]) * xe[g] + (hi - z_hi[g]) * xo[g]
+                        for c in range(lanes):
+                            lo, hi = _split_nibbles(codes[c], flip)
+                            acc[c] += (lo - z_lo[c]) * xe[c] + (hi - z_hi[c]) * xo[c]
                     else:  # symmetric: the same loop with two loads and a subtraction less
-                        for g in range(groups):
-                            lo, hi = _split_nibbles(codes[g], flip)
-                            acc[g] += (lo - np.float32(z_offset)) * xe[g] + hi * xo[g]
-                total = np.float32(0.0)
-                for g in range(groups):
-                    total += s[g] * acc[g]
-                y[b, n] = total
+                        for c in range(lanes):
+                            lo, hi = _split_nibbles(codes[c], flip)
+                            acc[c] += (lo - np.float32(z_offset)) * xe[c] + hi * xo[c]
+                y[b, n] = _scaled_sum(acc, scale_bits[n])
     return y
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _int8_kernel(codes, scale_bits, zero_point, x):
-    # codes (N, g, G) int8 or uint8: row n's code i of every group, then i + 1, ...;
-    # x (B, g, G): x[b, g * gs + i]
-    rows, group_size, groups = codes.shape
+    # codes (N, B_lane, L) int8 or uint8: row n's code i of every lane, then i + 1, ...;
+    # x (B, B_lane, L): the x of each code, in the same order
+    rows, lane_bytes, lanes = codes.shape
     batch = x.shape[0]
+    split = lanes // scale_bits.shape[1]  # lanes per group
     has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
     y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
-        s = np.empty(groups, dtype=np.float32)  # (G,) the row's scales
-        z = np.zeros(groups, dtype=np.float32)  # (G,) its zero points
-        acc = np.empty(groups, dtype=np.float32)  # (G,) one partial sum per group
+        z = np.zeros(lanes, dtype=np.float32)  # (L,) zero point of each lane
+        acc = np.empty(lanes, dtype=np.float32)  # (L,) one partial sum per lane
         for n in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            for g in range(groups):
-                s[g] = _half_to_float(scale_bits[n, g])
-                if has_zero_point:
-                    z[g] = np.float32(zero_point[n, g])
+            if has_zero_point:
+                for lane in range(lanes):
+                    z[lane] = np.float32(zero_point[n, lane // split])
             for b in range(batch):
                 acc[:] = 0.0
-                for i in range(group_size):
-                    row = codes[n, i]  # (G,) code i of every group
-                    xs = x[b, i]  # (G,)
+                for i in range(lane_bytes):
+                    row = codes[n, i]  # (L,) code i of every lane
+                    xs = x[b, i]  # (L,)
                     if has_zero_point:
-                        for g in range(groups):
-                            acc[g] += (np.float32(row[g]) - z[g]) * xs[g]
+                        for c in range(lanes):
+                            acc[c] += (np.float32(row[c]) - z[c]) * xs[c]
                     else:
-                        for g in range(groups):
-                            acc[g] += np.float32(row[g]) * xs[g]
-                total = np.float32(0.0)
-                for g in range(groups):
-                    total += s[g] * acc[g]
-                y[b, n] = total
+                        for c in range(lanes):
+                            acc[c] += np.float32(row[c]) * xs[c]
+                y[b, n] = _scaled_sum(acc, scale_bits[n])
     return y
 
 
@@ -217,9 +226,28 @@ def _check_operands(x, packed, scale, zero_point, num_bits, group_size, check_va
     return np.ascontiguousarray(x2), in_features
 
 
-#: Bit widths stored group-interleaved (see :func:`pack_weight`); the others keep the
+#: Bit widths stored interleaved (see :func:`pack_weight`); the others keep the
 #: :func:`~minquant.packing.pack_bits` row order.
 INTERLEAVED_BITS = (4, 8)
+#: Groups are cut into equal pieces until a row has at least this many (SIMD lanes).
+MIN_LANES = 32
+
+
+def interleave_lanes(in_features: int, group_size: int, num_bits: int) -> int:
+    """How many lanes (equal pieces of whole bytes, never across groups) a row is cut into.
+
+    One per group when a row has at least :data:`MIN_LANES` groups; otherwise each group is
+    halved while the halves still hold whole bytes, until there are enough.
+
+    >>> interleave_lanes(4096, 64, 4), interleave_lanes(256, 64, 4), interleave_lanes(8, 4, 4)
+    (64, 32, 4)
+    """
+    groups = in_features // group_size
+    piece = group_size  # codes per lane
+    codes_per_byte = 8 // num_bits
+    while groups * (group_size // piece) < MIN_LANES and piece % (2 * codes_per_byte) == 0:
+        piece //= 2
+    return groups * (group_size // piece)
 
 
 def pack_weight(w_q: np.ndarray, num_bits: int, group_size: int, signed: bool) -> np.ndarray:
@@ -227,25 +255,29 @@ def pack_weight(w_q: np.ndarray, num_bits: int, group_size: int, signed: bool) -
 
     Each row is first packed by :func:`~minquant.packing.pack_bits` (int4: codes $2j$ and
     $2j+1$ in the low and high nibble of byte $j$). At 4 and 8 bits the row's bytes are then
-    **group-interleaved**: seen as a (G, B) matrix of G groups of B = g * bits / 8 bytes, the
-    row is stored transposed, (B, G): byte $j$ of every group, then byte $j + 1$ of every
-    group. A kernel then reads G consecutive bytes that belong to G different groups and
-    keeps one partial sum per group in one SIMD lane each (llama.cpp's Q4_0 reorders the
-    nibbles inside a block for the same reason: contiguous loads, no shuffles).
+    **interleaved**: cut into L lanes of B bytes (a lane is a group, or an equal piece of one
+    when a row has few groups: :func:`interleave_lanes`), the (L, B) row is stored
+    transposed, (B, L): byte $j$ of every lane, then byte $j + 1$ of every lane. A kernel
+    reads L consecutive bytes of L different lanes and keeps one partial sum per lane in
+    its own SIMD lane: contiguous loads, no horizontal sum per group (llama.cpp's Q4_0
+    reorders the nibbles of a block for the same reason).
 
-    >>> w_q = np.arange(-4, 4).reshape(1, 8)  # (N, K) = (1, 8), two groups of 4
+    >>> w_q = np.arange(-4, 4).reshape(1, 8)  # (N, K) = (1, 8), two groups of 4: 4 lanes
     >>> pack_bits(w_q, 4).tolist()  # bytes (-4, -3) (-2, -1) | (0, 1) (2, 3)
     [220, 254, 16, 50]
-    >>> pack_weight(w_q, 4, 4, signed=True).tolist()  # byte 0 of both groups, then byte 1
-    [[220, 16, 254, 50]]
+    >>> pack_weight(w_q, 4, 4, signed=True).tolist()  # one byte per lane: unchanged
+    [[220, 254, 16, 50]]
+    >>> w_q = np.arange(128).reshape(1, 128) % 16  # 32 groups of 4 = 32 lanes of 2 bytes
+    >>> pack_weight(w_q, 4, 4, signed=False)[0, :4].tolist()  # bytes (0, 1) (4, 5) (8, 9) ...
+    [16, 84, 152, 220]
     """
     w_q = np.asarray(w_q)
     rows, in_features = w_q.shape
     packed = pack_bits(w_q, num_bits, signed).reshape(rows, -1)  # (N, K * b / 8)
     if num_bits not in INTERLEAVED_BITS:
         return packed
-    grouped = packed.reshape(rows, in_features // group_size, -1)  # (N, G, B)
-    return np.ascontiguousarray(grouped.transpose(0, 2, 1)).reshape(rows, -1)  # (N, B * G)
+    lanes = packed.reshape(rows, interleave_lanes(in_features, group_size, num_bits), -1)
+    return np.ascontiguousarray(lanes.transpose(0, 2, 1)).reshape(rows, -1)  # (N, B * L)
 
 
 def unpack_weight(
@@ -253,14 +285,14 @@ def unpack_weight(
 ) -> np.ndarray:
     """The inverse of :func:`pack_weight`: byte rows (N, K * num_bits / 8) to codes (N, K).
 
-    >>> w_q = np.arange(-4, 4).reshape(1, 8)
-    >>> unpack_weight(pack_weight(w_q, 4, 4, True), 4, 4, 8, True).tolist()
-    [[-4, -3, -2, -1, 0, 1, 2, 3]]
+    >>> w_q = np.arange(64).reshape(1, 64) % 16
+    >>> np.array_equal(unpack_weight(pack_weight(w_q, 4, 32, False), 4, 32, 64, False), w_q)
+    True
     """
     rows = packed.shape[0]
     if num_bits in INTERLEAVED_BITS:
-        interleaved = packed.reshape(rows, -1, in_features // group_size)  # (N, B, G)
-        packed = interleaved.transpose(0, 2, 1)  # (N, G, B): pack_bits order
+        lanes = interleave_lanes(in_features, group_size, num_bits)
+        packed = packed.reshape(rows, -1, lanes).transpose(0, 2, 1)  # (N, L, B) pack_bits order
     return unpack_bits(np.ascontiguousarray(packed).ravel(), num_bits, (rows, in_features), signed)
 
 
@@ -295,26 +327,27 @@ def matmul_weight_only(
         x, packed, scale, zero_point, num_bits, group_size, check_values
     )
     batch = x2.shape[0]
-    groups = in_features // group_size
     packed = np.ascontiguousarray(packed)
     scale_bits = np.ascontiguousarray(scale).view(np.uint16)  # (N, G) float16 bit patterns
     if zero_point is None:
         zero_point = np.zeros((0, 0), dtype=np.uint8)
     # NOTE: signed codes are read through an int8 view (two's complement, sign-extended).
     codes = packed.view(np.int8) if signed else packed
+    if num_bits in INTERLEAVED_BITS:
+        lanes = interleave_lanes(in_features, group_size, num_bits)
     if num_bits == 4:
         # NOTE: flipping the low nibble's sign bit makes int8(byte ^ 0x08) = 16 q_hi + q_lo + 8
         # with the signed high code q_hi: the float split then yields q_hi and q_lo + 8.
         flip = np.int8(0x08) if signed else np.uint8(0)
         z_offset = 8 if signed else 0
-        x4 = x2.reshape(batch, groups, group_size // 2, 2)  # (B, G, g/2, 2) even/odd k
-        x_even = np.ascontiguousarray(x4[..., 0].transpose(0, 2, 1))  # (B, g/2, G)
-        x_odd = np.ascontiguousarray(x4[..., 1].transpose(0, 2, 1))  # (B, g/2, G)
-        codes3 = codes.reshape(-1, group_size // 2, groups)  # (N, g/2, G) a view
+        x4 = x2.reshape(batch, lanes, -1, 2)  # (B, L, B_lane, 2): even and odd k
+        x_even = np.ascontiguousarray(x4[..., 0].transpose(0, 2, 1))  # (B, B_lane, L)
+        x_odd = np.ascontiguousarray(x4[..., 1].transpose(0, 2, 1))  # (B, B_lane, L)
+        codes3 = codes.reshape(codes.shape[0], -1, lanes)  # (N, B_lane, L) a view
         y = _int4_kernel(codes3, scale_bits, zero_point, z_offset, x_even, x_odd, flip)
     elif num_bits == 8:
-        x3 = np.ascontiguousarray(x2.reshape(batch, groups, group_size).transpose(0, 2, 1))
-        y = _int8_kernel(codes.reshape(-1, group_size, groups), scale_bits, zero_point, x3)
+        x3 = np.ascontiguousarray(x2.reshape(batch, lanes, -1).transpose(0, 2, 1))  # (B, B_lane, L)
+        y = _int8_kernel(codes.reshape(codes.shape[0], -1, lanes), scale_bits, zero_point, x3)
     else:
         sign_bits = sum(1 << (num_bits * k + num_bits - 1) for k in range(8))
         flip = np.uint64(sign_bits if signed else 0)
