@@ -74,17 +74,21 @@ def _split_nibbles(byte, flip):
     return t - np.float32(16.0) * high, high
 
 
-@njit(cache=True)
-def _scaled_sum(acc, scale_bits_row):
-    """$\\sum_g s_g \\sum_{l \\in g} acc_l$: the lanes of a group are contiguous."""
-    groups = scale_bits_row.shape[0]
+@njit(fastmath=FASTMATH, cache=True)
+def _scaled_sum(acc, scale):
+    r"""$\sum_g s_g \sum_{l \in g} acc_l$ (the lanes of a group are contiguous)."""
+    groups = scale.shape[0]
     split = acc.shape[0] // groups  # lanes per group
     total = np.float32(0.0)
+    if split == 1:  # NOTE: the common case gets its own loop: a plain dot product, in SIMD
+        for g in range(groups):
+            total += scale[g] * acc[g]
+        return total
     for g in range(groups):
         part = np.float32(0.0)
         for c in range(g * split, (g + 1) * split):
             part += acc[c]
-        total += _half_to_float(scale_bits_row[g]) * part
+        total += scale[g] * part
     return total
 
 
@@ -98,14 +102,17 @@ def _int4_kernel(packed, scale_bits, zero_point, z_offset, x_even, x_odd, flip):
     has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
     y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
-        z_hi = np.zeros(lanes, dtype=np.float32)  # (L,) zero point of the high nibbles
+        scale = np.empty(scale_bits.shape[1], dtype=np.float32)  # (G,) the row's scales
+        z_hi = np.empty(lanes, dtype=np.float32)  # (L,) zero point of the high nibbles
         z_lo = np.empty(lanes, dtype=np.float32)  # (L,) ... of the low nibbles
         acc = np.empty(lanes, dtype=np.float32)  # (L,) one partial sum per lane
         for n in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            for lane in range(lanes):
-                if has_zero_point:
+            for g in range(scale.shape[0]):
+                scale[g] = _half_to_float(scale_bits[n, g])
+            if has_zero_point:
+                for lane in range(lanes):
                     z_hi[lane] = np.float32(zero_point[n, lane // split])
-                z_lo[lane] = z_hi[lane] + np.float32(z_offset)
+                    z_lo[lane] = z_hi[lane] + np.float32(z_offset)
             for b in range(batch):
                 acc[:] = 0.0
                 for i in range(lane_bytes):
@@ -122,7 +129,7 @@ def _int4_kernel(packed, scale_bits, zero_point, z_offset, x_even, x_odd, flip):
                         for c in range(lanes):
                             lo, hi = _split_nibbles(codes[c], flip)
                             acc[c] += (lo - np.float32(z_offset)) * xe[c] + hi * xo[c]
-                y[b, n] = _scaled_sum(acc, scale_bits[n])
+                y[b, n] = _scaled_sum(acc, scale)
     return y
 
 
@@ -136,9 +143,12 @@ def _int8_kernel(codes, scale_bits, zero_point, x):
     has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
     y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
     for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
-        z = np.zeros(lanes, dtype=np.float32)  # (L,) zero point of each lane
+        scale = np.empty(scale_bits.shape[1], dtype=np.float32)  # (G,) the row's scales
+        z = np.empty(lanes, dtype=np.float32)  # (L,) zero point of each lane
         acc = np.empty(lanes, dtype=np.float32)  # (L,) one partial sum per lane
         for n in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            for g in range(scale.shape[0]):
+                scale[g] = _half_to_float(scale_bits[n, g])
             if has_zero_point:
                 for lane in range(lanes):
                     z[lane] = np.float32(zero_point[n, lane // split])
@@ -153,7 +163,7 @@ def _int8_kernel(codes, scale_bits, zero_point, x):
                     else:
                         for c in range(lanes):
                             acc[c] += np.float32(row[c]) * xs[c]
-                y[b, n] = _scaled_sum(acc, scale_bits[n])
+                y[b, n] = _scaled_sum(acc, scale)
     return y
 
 
