@@ -57,13 +57,13 @@ def timings(fn, repeats: int) -> dict[str, float]:
 
 def operands(num_bits: int):
     """A random 4096 x 4096 weight, RTN-quantized symmetric per group, packed per row."""
+    from minquant.kernels.gemv import pack_weight
     from minquant.llm.weight_only import quantize_rtn
-    from minquant.packing import pack_bits
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((SIZE, SIZE)).astype(np.float32)  # (out, in)
     codes, scale, _ = quantize_rtn(w, num_bits, GROUP_SIZE, symmetric=True)
-    packed = pack_bits(codes, num_bits, signed=True).reshape(SIZE, -1)  # (out, in * b / 8)
+    packed = pack_weight(codes, num_bits, GROUP_SIZE, signed=True)  # (out, in * b / 8)
     x = rng.standard_normal(SIZE).astype(np.float32)
     return w, packed, scale.astype(np.float16), x
 

@@ -8,9 +8,12 @@ from hypothesis import strategies as st
 import minquant as mq
 from minquant.kernels.gemv import (
     _half_to_float,
+    interleave_lanes,
     matmul_weight_only,
     matmul_weight_only_ref,
+    pack_weight,
     rounding_bound,
+    unpack_weight,
 )
 from minquant.packing import pack_bits
 
@@ -23,7 +26,7 @@ def make_operands(rng, rows, in_features, num_bits, group_size, signed, symmetri
     scale = scale.astype(np.float16)  # (N, G) the stored precision
     scale32 = scale.astype(np.float32)
     w_q = mq.quantize(w, scale32, zero_point, qmin, qmax, axis=1, group_size=group_size)
-    packed = pack_bits(w_q, num_bits, signed).reshape(rows, -1)  # (N, K * b / 8)
+    packed = pack_weight(w_q, num_bits, group_size, signed)  # (N, K * b / 8)
     zp = None if symmetric and signed else zero_point.astype(np.uint8 if not signed else np.int8)
     w_hat = mq.dequantize(w_q, scale32, zero_point, axis=1, group_size=group_size)
     return packed, scale, zp, w_hat
@@ -91,6 +94,29 @@ def test_large_matrix_within_bound_and_bound_catches_a_zero_point_bug(num_bits):
         assert abs(float(x @ w_bad[0]) - float(y[0])) > bound[0]
 
 
+@pytest.mark.parametrize("num_bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize(("in_features", "lanes"), [(2048, 64), (96, 48)])
+def test_pack_weight_layout_and_round_trip(num_bits, signed, in_features, lanes):
+    """At 4 and 8 bits byte j of lane c lands at j * L + c (a lane is a group when a row
+    has 32 groups or more, else an equal piece of one: 3 groups of 32 make 48 lanes of 2
+    codes); the other widths keep pack_bits order."""
+    rng = np.random.default_rng(num_bits)
+    qmin, qmax = mq.qrange(num_bits, signed)
+    w_q = rng.integers(qmin, qmax + 1, size=(3, in_features))  # (N, K), groups of 32
+    packed = pack_weight(w_q, num_bits, 32, signed)  # (N, K * b / 8)
+    rows = pack_bits(w_q, num_bits, signed).reshape(3, -1)  # (N, K * b / 8)
+    if num_bits in (4, 8):
+        assert interleave_lanes(in_features, 32, num_bits) == lanes
+        per_lane = rows.shape[1] // lanes
+        for c in range(lanes):
+            for j in range(per_lane):
+                assert np.array_equal(packed[:, j * lanes + c], rows[:, c * per_lane + j])
+    else:
+        assert np.array_equal(packed, rows)
+    np.testing.assert_array_equal(unpack_weight(packed, num_bits, 32, in_features, signed), w_q)
+
+
 def test_half_to_float_all_positive_finite_bit_patterns():
     bits = np.arange(0x7C00, dtype=np.uint16)  # +0, subnormals, normals up to 65504
     expected = bits.view(np.float16).astype(np.float32)
@@ -100,14 +126,14 @@ def test_half_to_float_all_positive_finite_bit_patterns():
 
 def test_signed_codes_use_the_sign_flip():
     """Two's complement -8 (0x8) and 7 (0x7) read back as -8 and 7, not 8 and 7."""
-    packed = pack_bits(np.array([[-8, 7]]), 4).reshape(1, 1)
+    packed = pack_weight(np.array([[-8, 7]]), 4, 2, signed=True)
     scale = np.ones((1, 1), np.float16)
     y = matmul_weight_only(np.array([1.0, 10.0], np.float32), packed, scale, None, 4, 2, True)
     assert y.tolist() == [62.0]
 
 
 def test_nan_in_x_propagates():
-    packed = pack_bits(np.array([[1, 2]]), 4).reshape(1, 1)
+    packed = pack_weight(np.array([[1, 2]]), 4, 2, signed=True)
     scale = np.ones((1, 1), np.float16)
     x = np.array([np.nan, 1.0], np.float32)
     assert np.isnan(matmul_weight_only(x, packed, scale, None, 4, 2, True)[0])

@@ -3,18 +3,21 @@ r"""Weight-only matrix-vector products: packed low-bit weights, float activation
 Generating one token of a language model multiplies a vector by every weight matrix once:
 each weight is read from memory once and used for one multiply-add, so the time is the
 time to *read the weights*. Storing them in 4 bits instead of 32 reads 8x fewer bytes.
-These kernels never build a float copy of the weight: each thread takes one output row,
-unpacks a group of codes at a time into registers and accumulates in float32:
+These kernels never build a float copy of the weight: they unpack the codes in registers
+and accumulate in float32, one partial sum per group, then scale:
 
 $$y_{b,n} = \sum_{g} s_{n,g} \sum_{i \in g} \big(q_{n,i} - z_{n,g}\big)\, x_{b,i}.$$
 
-Layout (row-major, like ``Linear.weight`` (out, in)): ``packed[n]`` holds row ``n``'s codes
-as :func:`~minquant.packing.pack_bits` writes them (int4: element ``2i`` in the low nibble
-of byte ``i``); ``scale`` (out, in // g) is float16 (the stored precision, converted
-exactly to float32 in the kernel); ``zero_point`` is (out, in // g) or ``None``
-(symmetric: 0). Signed codes are two's complement; the kernel flips each field's sign bit
-(``byte ^ 0x88`` for int4) to read them as offset binary, $q + 2^{b-1}$, and adds
-$2^{b-1}$ to the zero point.
+Layout (row-major, like ``Linear.weight`` (out, in)): ``packed[n]`` holds row ``n``'s
+codes as :func:`pack_weight` writes them: :func:`~minquant.packing.pack_bits` order
+(int4: element ``2i`` in the low nibble of byte ``i``), and at 4 and 8 bits
+group-interleaved (byte ``j`` of every group, then byte ``j + 1``), so that the SIMD lanes
+of the int4 and int8 kernels run across groups: contiguous loads, one partial sum per lane,
+no horizontal sum per group. ``scale`` (out, in // g) is float16 (the stored precision,
+converted exactly to float32 in the kernel); ``zero_point`` is (out, in // g) or ``None``
+(symmetric: 0). Signed codes are two's complement (read through an int8 view at 4 and 8
+bits; the 2-7-bit kernel flips each field's sign bit to read offset binary,
+$q + 2^{b-1}$, and adds $2^{b-1}$ to the zero point).
 
 Rounding: the result equals :func:`matmul_weight_only_ref` (``dequantize``, then a float32
 matmul) up to float32 summation order, bounded by :func:`rounding_bound`.
@@ -26,7 +29,7 @@ llama.cpp ``ggml_vec_dot_q4_0``; S. Williams et al., "Roofline", CACM 2009.
 import numpy as np
 from numba import njit, prange
 
-from minquant.packing import unpack_bits
+from minquant.packing import pack_bits, unpack_bits
 from minquant.quant import dequantize
 
 #: Bit widths the kernels read (int4 and int8 have dedicated kernels, the rest share one).
@@ -54,63 +57,113 @@ def _half_to_float(h):
 
 # NOTE: "reassoc" lets LLVM reorder the float32 sums across SIMD lanes and "contract" fuse
 # multiply-adds; rounding_bound holds for any order. No other fast-math flag (NaN and Inf in
-# x still propagate). Slices first, then 0-based indices: LLVM proves them non-negative and
-# drops the wraparound check that would otherwise block vectorization.
+# x still propagate).
 FASTMATH = {"reassoc", "contract"}
+
+#: Output rows per parallel task (each task allocates its small per-row buffers once).
+ROW_BLOCK = 16
+
+
+@njit(cache=True)
+def _split_nibbles(byte, flip):
+    """(low, high) nibble of ``byte ^ flip`` as float32 (see _int4_kernel)."""
+    # NOTE: split in float32 (exact below 2^24): t = 16 high + low, high = floor(t / 16).
+    # Integer shifts and masks would be widened to int64 by Numba (half the SIMD lanes).
+    t = np.float32(byte ^ flip)
+    high = np.floor(t * np.float32(0.0625))
+    return t - np.float32(16.0) * high, high
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _scaled_sum(acc, scale):
+    r"""$\sum_g s_g \sum_{l \in g} acc_l$ (the lanes of a group are contiguous)."""
+    groups = scale.shape[0]
+    split = acc.shape[0] // groups  # lanes per group
+    total = np.float32(0.0)
+    if split == 1:  # NOTE: the common case gets its own loop: a plain dot product, in SIMD
+        for g in range(groups):
+            total += scale[g] * acc[g]
+        return total
+    for g in range(groups):
+        part = np.float32(0.0)
+        for c in range(g * split, (g + 1) * split):
+            part += acc[c]
+        total += scale[g] * part
+    return total
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _int4_kernel(packed, scale_bits, zero_point, z_offset, x_even, x_odd, flip):
-    # packed (N, G, g/2) bytes; x_even / x_odd (B, G, g/2): x[2i] and x[2i + 1] per group
-    rows, groups, half = packed.shape
+    # packed (N, B_lane, L): row n's byte i of every lane, then byte i + 1, ...;
+    # x_even / x_odd (B, B_lane, L): the x of the low and high nibbles, in the same order
+    rows, lane_bytes, lanes = packed.shape
     batch = x_even.shape[0]
+    split = lanes // scale_bits.shape[1]  # lanes per group
     has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
     y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
-    for n in prange(rows):
-        for b in range(batch):
-            total = np.float32(0.0)
-            for g in range(groups):
-                z = np.float32(z_offset)
-                if has_zero_point:
-                    z += np.float32(zero_point[n, g])
-                codes = packed[n, g]  # (g/2,) contiguous bytes
-                xe = x_even[b, g]  # (g/2,)
-                xo = x_odd[b, g]  # (g/2,)
-                acc = np.float32(0.0)
-                for i in range(half):
-                    # NOTE: nibbles split in float32 (exact below 2^24): floor(byte / 16) and
-                    # byte - 16 * high keep every SIMD lane 32 bits wide (integer ops on a
-                    # byte are widened to int64 by Numba, halving the lanes).
-                    byte = np.float32(codes[i] ^ flip)
-                    high = np.floor(byte * np.float32(0.0625))
-                    low = byte - np.float32(16.0) * high
-                    acc += (low - z) * xe[i] + (high - z) * xo[i]
-                total += _half_to_float(scale_bits[n, g]) * acc
-            y[b, n] = total
+    for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        scale = np.empty(scale_bits.shape[1], dtype=np.float32)  # (G,) the row's scales
+        z_hi = np.empty(lanes, dtype=np.float32)  # (L,) zero point of the high nibbles
+        z_lo = np.empty(lanes, dtype=np.float32)  # (L,) ... of the low nibbles
+        acc = np.empty(lanes, dtype=np.float32)  # (L,) one partial sum per lane
+        for n in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            for g in range(scale.shape[0]):
+                scale[g] = _half_to_float(scale_bits[n, g])
+            if has_zero_point:
+                for lane in range(lanes):
+                    z_hi[lane] = np.float32(zero_point[n, lane // split])
+                    z_lo[lane] = z_hi[lane] + np.float32(z_offset)
+            for b in range(batch):
+                acc[:] = 0.0
+                for i in range(lane_bytes):
+                    codes = packed[n, i]  # (L,) byte i of every lane
+                    xe = x_even[b, i]  # (L,)
+                    xo = x_odd[b, i]  # (L,)
+                    # NOTE: the SIMD lanes run across lanes of the row (contiguous bytes,
+                    # one partial sum each): no horizontal sum and no scale per group.
+                    if has_zero_point:
+                        for c in range(lanes):
+                            lo, hi = _split_nibbles(codes[c], flip)
+                            acc[c] += (lo - z_lo[c]) * xe[c] + (hi - z_hi[c]) * xo[c]
+                    else:  # symmetric: the same loop with two loads and a subtraction less
+                        for c in range(lanes):
+                            lo, hi = _split_nibbles(codes[c], flip)
+                            acc[c] += (lo - np.float32(z_offset)) * xe[c] + hi * xo[c]
+                y[b, n] = _scaled_sum(acc, scale)
     return y
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _int8_kernel(codes, scale_bits, zero_point, z_offset, x, flip):
-    # codes (N, G, g) bytes; x (B, G, g)
-    rows, groups, group_size = codes.shape
+def _int8_kernel(codes, scale_bits, zero_point, x):
+    # codes (N, B_lane, L) int8 or uint8: row n's code i of every lane, then i + 1, ...;
+    # x (B, B_lane, L): the x of each code, in the same order
+    rows, lane_bytes, lanes = codes.shape
     batch = x.shape[0]
+    split = lanes // scale_bits.shape[1]  # lanes per group
     has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
     y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
-    for n in prange(rows):
-        for b in range(batch):
-            total = np.float32(0.0)
-            for g in range(groups):
-                z = np.float32(z_offset)
-                if has_zero_point:
-                    z += np.float32(zero_point[n, g])
-                row = codes[n, g]  # (g,)
-                xs = x[b, g]  # (g,)
-                acc = np.float32(0.0)
-                for i in range(group_size):
-                    acc += (np.float32(row[i] ^ flip) - z) * xs[i]
-                total += _half_to_float(scale_bits[n, g]) * acc
-            y[b, n] = total
+    for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        scale = np.empty(scale_bits.shape[1], dtype=np.float32)  # (G,) the row's scales
+        z = np.empty(lanes, dtype=np.float32)  # (L,) zero point of each lane
+        acc = np.empty(lanes, dtype=np.float32)  # (L,) one partial sum per lane
+        for n in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
+            for g in range(scale.shape[0]):
+                scale[g] = _half_to_float(scale_bits[n, g])
+            if has_zero_point:
+                for lane in range(lanes):
+                    z[lane] = np.float32(zero_point[n, lane // split])
+            for b in range(batch):
+                acc[:] = 0.0
+                for i in range(lane_bytes):
+                    row = codes[n, i]  # (L,) code i of every lane
+                    xs = x[b, i]  # (L,)
+                    if has_zero_point:
+                        for c in range(lanes):
+                            acc[c] += (np.float32(row[c]) - z[c]) * xs[c]
+                    else:
+                        for c in range(lanes):
+                            acc[c] += np.float32(row[c]) * xs[c]
+                y[b, n] = _scaled_sum(acc, scale)
     return y
 
 
@@ -183,6 +236,76 @@ def _check_operands(x, packed, scale, zero_point, num_bits, group_size, check_va
     return np.ascontiguousarray(x2), in_features
 
 
+#: Bit widths stored interleaved (see :func:`pack_weight`); the others keep the
+#: :func:`~minquant.packing.pack_bits` row order.
+INTERLEAVED_BITS = (4, 8)
+#: Groups are cut into equal pieces until a row has at least this many (SIMD lanes).
+MIN_LANES = 32
+
+
+def interleave_lanes(in_features: int, group_size: int, num_bits: int) -> int:
+    """How many lanes (equal pieces of whole bytes, never across groups) a row is cut into.
+
+    One per group when a row has at least :data:`MIN_LANES` groups; otherwise each group is
+    halved while the halves still hold whole bytes, until there are enough.
+
+    >>> interleave_lanes(4096, 64, 4), interleave_lanes(256, 64, 4), interleave_lanes(8, 4, 4)
+    (64, 32, 4)
+    """
+    groups = in_features // group_size
+    piece = group_size  # codes per lane
+    codes_per_byte = 8 // num_bits
+    while groups * (group_size // piece) < MIN_LANES and piece % (2 * codes_per_byte) == 0:
+        piece //= 2
+    return groups * (group_size // piece)
+
+
+def pack_weight(w_q: np.ndarray, num_bits: int, group_size: int, signed: bool) -> np.ndarray:
+    r"""Codes (N, K) to the byte rows the kernels read, (N, K * num_bits / 8) uint8.
+
+    Each row is first packed by :func:`~minquant.packing.pack_bits` (int4: codes $2j$ and
+    $2j+1$ in the low and high nibble of byte $j$). At 4 and 8 bits the row's bytes are then
+    **interleaved**: cut into L lanes of B bytes (a lane is a group, or an equal piece of one
+    when a row has few groups: :func:`interleave_lanes`), the (L, B) row is stored
+    transposed, (B, L): byte $j$ of every lane, then byte $j + 1$ of every lane. A kernel
+    reads L consecutive bytes of L different lanes and keeps one partial sum per lane in
+    its own SIMD lane: contiguous loads, no horizontal sum per group (llama.cpp's Q4_0
+    reorders the nibbles of a block for the same reason).
+
+    >>> w_q = np.arange(-4, 4).reshape(1, 8)  # (N, K) = (1, 8), two groups of 4: 4 lanes
+    >>> pack_bits(w_q, 4).tolist()  # bytes (-4, -3) (-2, -1) | (0, 1) (2, 3)
+    [220, 254, 16, 50]
+    >>> pack_weight(w_q, 4, 4, signed=True).tolist()  # one byte per lane: unchanged
+    [[220, 254, 16, 50]]
+    >>> w_q = np.arange(128).reshape(1, 128) % 16  # 32 groups of 4 = 32 lanes of 2 bytes
+    >>> pack_weight(w_q, 4, 4, signed=False)[0, :4].tolist()  # bytes (0, 1) (4, 5) (8, 9) ...
+    [16, 84, 152, 220]
+    """
+    w_q = np.asarray(w_q)
+    rows, in_features = w_q.shape
+    packed = pack_bits(w_q, num_bits, signed).reshape(rows, -1)  # (N, K * b / 8)
+    if num_bits not in INTERLEAVED_BITS:
+        return packed
+    lanes = packed.reshape(rows, interleave_lanes(in_features, group_size, num_bits), -1)
+    return np.ascontiguousarray(lanes.transpose(0, 2, 1)).reshape(rows, -1)  # (N, B * L)
+
+
+def unpack_weight(
+    packed: np.ndarray, num_bits: int, group_size: int, in_features: int, signed: bool
+) -> np.ndarray:
+    """The inverse of :func:`pack_weight`: byte rows (N, K * num_bits / 8) to codes (N, K).
+
+    >>> w_q = np.arange(64).reshape(1, 64) % 16
+    >>> np.array_equal(unpack_weight(pack_weight(w_q, 4, 32, False), 4, 32, 64, False), w_q)
+    True
+    """
+    rows = packed.shape[0]
+    if num_bits in INTERLEAVED_BITS:
+        lanes = interleave_lanes(in_features, group_size, num_bits)
+        packed = packed.reshape(rows, -1, lanes).transpose(0, 2, 1)  # (N, L, B) pack_bits order
+    return unpack_bits(np.ascontiguousarray(packed).ravel(), num_bits, (rows, in_features), signed)
+
+
 def matmul_weight_only(
     x: np.ndarray,
     packed: np.ndarray,
@@ -196,16 +319,15 @@ def matmul_weight_only(
     r"""$y = x\,\hat{W}^\top$ for packed weights $\hat{W}_{n,i} = s_{n,g}(q_{n,i} - z_{n,g})$.
 
     ``x`` is float32 (K,) or (B, K) (a small batch: each group is unpacked once per row and
-    used for all B vectors); ``packed`` (N, K * num_bits / 8) uint8 rows of
-    :func:`~minquant.packing.pack_bits` codes; ``scale`` float16 (N, K / group_size);
-    ``zero_point`` integer (N, K / group_size) or ``None`` for 0. Returns float32 (N,) or
-    (B, N). Numba, parallel over output rows. ``check_values=False`` skips the O(N K / g)
-    check that every scale is positive and finite (a caller that validated them once, such
-    as :class:`~minquant.llm.weight_only.WeightOnlyLinear`, saves that time per token).
+    used for all B vectors); ``packed`` (N, K * num_bits / 8) uint8 rows made by
+    :func:`pack_weight`; ``scale`` float16 (N, K / group_size); ``zero_point`` integer
+    (N, K / group_size) or ``None`` for 0. Returns float32 (N,) or (B, N). Numba, parallel
+    over blocks of output rows. ``check_values=False`` skips the O(N K / g) check that every
+    scale is positive and finite (a caller that validated them once, such as
+    :class:`~minquant.llm.weight_only.WeightOnlyLinear`, saves that time per token).
 
-    >>> from minquant.packing import pack_bits
     >>> w_q = np.array([[1, -2, 3, -4], [7, 0, -8, 1]], dtype=np.int8)  # (N, K) = (2, 4)
-    >>> packed = pack_bits(w_q, 4).reshape(2, 2)  # (2, 2) bytes
+    >>> packed = pack_weight(w_q, 4, 2, signed=True)  # (2, 2) bytes
     >>> scale = np.array([[0.5, 1.0], [2.0, 0.25]], dtype=np.float16)  # groups of 2
     >>> # row 0: 0.5 * (1 - 2) + 1.0 * (3 - 4); row 1: 2.0 * (7 + 0) + 0.25 * (-8 + 1)
     >>> matmul_weight_only(np.ones(4, np.float32), packed, scale, None, 4, 2, signed=True)
@@ -214,31 +336,32 @@ def matmul_weight_only(
     x2, in_features = _check_operands(
         x, packed, scale, zero_point, num_bits, group_size, check_values
     )
-    groups = in_features // group_size
+    batch = x2.shape[0]
     packed = np.ascontiguousarray(packed)
     scale_bits = np.ascontiguousarray(scale).view(np.uint16)  # (N, G) float16 bit patterns
     if zero_point is None:
         zero_point = np.zeros((0, 0), dtype=np.uint8)
-    z_offset = 2 ** (num_bits - 1) if signed else 0
+    # NOTE: signed codes are read through an int8 view (two's complement, sign-extended).
+    codes = packed.view(np.int8) if signed else packed
+    if num_bits in INTERLEAVED_BITS:
+        lanes = interleave_lanes(in_features, group_size, num_bits)
     if num_bits == 4:
-        flip = np.uint8(0x88 if signed else 0)  # the two nibbles' sign bits
-        # NOTE: 3-D views (row, group, byte): the innermost index starts at 0 in every
-        # group, so LLVM vectorizes it without wraparound checks or gathers.
-        grouped = (-1, groups, group_size // 2)
-        x_even = np.ascontiguousarray(x2[:, 0::2]).reshape(grouped)  # (B, G, g/2)
-        x_odd = np.ascontiguousarray(x2[:, 1::2]).reshape(grouped)  # (B, G, g/2)
-        packed3 = packed.reshape(grouped)  # (N, G, g/2) a view
-        y = _int4_kernel(packed3, scale_bits, zero_point, z_offset, x_even, x_odd, flip)
+        # NOTE: flipping the low nibble's sign bit makes int8(byte ^ 0x08) = 16 q_hi + q_lo + 8
+        # with the signed high code q_hi: the float split then yields q_hi and q_lo + 8.
+        flip = np.int8(0x08) if signed else np.uint8(0)
+        z_offset = 8 if signed else 0
+        x4 = x2.reshape(batch, lanes, -1, 2)  # (B, L, B_lane, 2): even and odd k
+        x_even = np.ascontiguousarray(x4[..., 0].transpose(0, 2, 1))  # (B, B_lane, L)
+        x_odd = np.ascontiguousarray(x4[..., 1].transpose(0, 2, 1))  # (B, B_lane, L)
+        codes3 = codes.reshape(codes.shape[0], -1, lanes)  # (N, B_lane, L) a view
+        y = _int4_kernel(codes3, scale_bits, zero_point, z_offset, x_even, x_odd, flip)
     elif num_bits == 8:
-        flip = np.uint8(0x80 if signed else 0)
-        grouped = (-1, groups, group_size)
-        y = _int8_kernel(
-            packed.reshape(grouped), scale_bits, zero_point, z_offset, x2.reshape(grouped), flip
-        )
+        x3 = np.ascontiguousarray(x2.reshape(batch, lanes, -1).transpose(0, 2, 1))  # (B, B_lane, L)
+        y = _int8_kernel(codes.reshape(codes.shape[0], -1, lanes), scale_bits, zero_point, x3)
     else:
         sign_bits = sum(1 << (num_bits * k + num_bits - 1) for k in range(8))
         flip = np.uint64(sign_bits if signed else 0)
-        batch, in_features = x2.shape
+        z_offset = 2 ** (num_bits - 1) if signed else 0
         # NOTE: x_phases[b, k, u] = x[b, 8u + k]: code k of every unit reads a contiguous row.
         x_phases = np.ascontiguousarray(
             x2.reshape(batch, in_features // 8, 8).transpose(0, 2, 1)
@@ -262,15 +385,13 @@ def matmul_weight_only_ref(
 
     It builds the float32 weight (the copy the kernel avoids), then one float32 matmul.
 
-    >>> from minquant.packing import pack_bits
-    >>> packed = pack_bits(np.array([[1, -2, 3, -4]]), 4).reshape(1, 2)
+    >>> packed = pack_weight(np.array([[1, -2, 3, -4]]), 4, 2, signed=True)
     >>> scale = np.array([[0.5, 1.0]], dtype=np.float16)
     >>> matmul_weight_only_ref(np.ones(4, np.float32), packed, scale, None, 4, 2, True)
     array([-1.5], dtype=float32)
     """
     x2, in_features = _check_operands(x, packed, scale, zero_point, num_bits, group_size)
-    rows = packed.shape[0]
-    w_q = unpack_bits(packed.ravel(), num_bits, (rows, in_features), signed)  # (N, K)
+    w_q = unpack_weight(packed, num_bits, group_size, in_features, signed)  # (N, K)
     if zero_point is None:
         zero_point = np.zeros(scale.shape, dtype=np.int64)
     w_hat = dequantize(w_q, scale.astype(np.float32), zero_point, axis=1, group_size=group_size)

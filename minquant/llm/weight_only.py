@@ -31,9 +31,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from minquant.kernels.gemv import matmul_weight_only
+from minquant.kernels.gemv import matmul_weight_only, pack_weight, unpack_weight
 from minquant.nn import Linear, Module, Parameter
-from minquant.packing import pack_bits, unpack_bits
 from minquant.quant import calc_group_qparams, dequantize, qrange, quantize
 
 #: (w, num_bits, group_size, symmetric, X) -> (codes, scale, zero_point); see quantize_rtn.
@@ -115,9 +114,10 @@ WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {"rtn": quantize_rtn}
 class WeightOnlyLinear(Module):
     r"""A ``Linear`` whose weight is stored as packed codes + float16 group scales.
 
-    ``packed`` (out, in * bits / 8) uint8 rows of :func:`~minquant.packing.pack_bits` codes
-    (two's complement when ``signed``), ``scale`` (out, in / g) float16, ``zero_point``
-    (out, in / g) uint8 or ``None`` (symmetric), ``bias`` (out,) float32 or ``None``.
+    ``packed`` (out, in * bits / 8) uint8 rows of codes in the kernel's byte order
+    (:func:`~minquant.kernels.gemv.pack_weight`; two's complement when ``signed``),
+    ``scale`` (out, in / g) float16, ``zero_point`` (out, in / g) uint8 or ``None``
+    (symmetric), ``bias`` (out,) float32 or ``None``.
     Forward only: ``backward`` raises.
 
     >>> rng = np.random.default_rng(0)
@@ -186,15 +186,15 @@ class WeightOnlyLinear(Module):
             )
         if zero_point is not None:
             zero_point = np.asarray(zero_point).astype(np.uint8)  # (out, G) in [0, 2^b - 1]
-        packed = pack_bits(codes, num_bits, signed=symmetric).reshape(out_features, -1)
+        packed = pack_weight(codes, num_bits, group, signed=symmetric)  # (out, in * b / 8)
         bias = None if linear.bias is None else linear.bias.data.astype(np.float32)
         return cls(packed, half, zero_point, bias, in_features, num_bits, group, symmetric)
 
     def dequantized_weight(self) -> np.ndarray:
         """The float32 weight $\\hat{W}$ (out, in), built on demand (forward never does)."""
-        codes = unpack_bits(
-            self.packed.ravel(), self.num_bits, (self.out_features, self.in_features), self.signed
-        )
+        codes = unpack_weight(
+            self.packed, self.num_bits, self.group_size, self.in_features, self.signed
+        )  # (out, in)
         return self._dequantize_rows(codes, 0, self.out_features)
 
     def _dequantize_rows(self, codes: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -223,10 +223,11 @@ class WeightOnlyLinear(Module):
             y = np.empty((x2.shape[0], self.out_features), np.float32)  # (N, out)
             for start in range(0, self.out_features, TILE_ROWS):
                 stop = min(start + TILE_ROWS, self.out_features)
-                codes = unpack_bits(
-                    self.packed[start:stop].ravel(),
+                codes = unpack_weight(
+                    self.packed[start:stop],
                     self.num_bits,
-                    (stop - start, self.in_features),
+                    self.group_size,
+                    self.in_features,
                     self.signed,
                 )  # (tile, in)
                 y[:, start:stop] = x2 @ self._dequantize_rows(codes, start, stop).T
