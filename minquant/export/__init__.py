@@ -6,9 +6,24 @@ r"""Take a quantized model elsewhere: a minquant file, ONNX.
 * :func:`to_onnx`: the integer CNN as an ONNX graph, in QDQ form or with integer operators
   (:mod:`minquant.export.onnx_export`; needs the ``onnx`` package, imported on first use);
 * ``python -m minquant export`` (:mod:`minquant.export.cli`).
+
+Importing this package stays light (NumPy only): the ONNX exporter and the layers load on
+first use, so that ``python -m minquant --help`` does not start Numba.
 """
 
+import pathlib
+
 from minquant.export.npz import FORMAT_VERSION, KINDS, FileFormatError, load, save
-from minquant.export.onnx_export import ONNX_FORMS, to_onnx
 
 __all__ = ["FORMAT_VERSION", "KINDS", "ONNX_FORMS", "FileFormatError", "load", "save", "to_onnx"]
+
+#: The two graph forms :func:`to_onnx` writes: QuantizeLinear/DequantizeLinear around float
+#: operators, or ConvInteger/MatMulInteger with the requantization spelled out.
+ONNX_FORMS = ("qdq", "integer")
+
+
+def to_onnx(qmodel: object, path: str | pathlib.Path, form: str = "integer") -> object:
+    """Write ``qmodel`` as ONNX; see :func:`minquant.export.onnx_export.to_onnx`."""
+    from minquant.export.onnx_export import to_onnx as write_onnx
+
+    return write_onnx(qmodel, path, form)

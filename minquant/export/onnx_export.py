@@ -1,5 +1,287 @@
-ONNX_FORMS = ("qdq", "integer")
+r"""The integer CNN as an ONNX graph, in two forms, for ONNX Runtime or any ONNX backend.
+
+``form="integer"``: integer operators, the model's own arithmetic.
+``ConvInteger`` / ``MatMulInteger`` compute the exact int32 accumulator
+$\sum_k (x_{q,k} - z_x)\, w_{q,nk}$ (padding with $z_x$, as minquant), then the
+requantization is spelled out with float operators:
+
+* ``requant="float"``: ``Cast(float32) + b/a``, ``* a/s_y``, ``Round``, ``+ z_y``, ``Clip``,
+  ``Cast(int8)``: every operation the one float32 operation of
+  :func:`minquant.kernels.requantize_float`, so every code is identical;
+* ``requant="fixedpoint"``: ``+ b_q`` in int32, then ``Cast(float64)``,
+  ``* M`` with $M = M_0\, 2^{shift - 31}$ (exact in float64), ``Round``, ``+ z_y``,
+  ``Clip``, ``Cast(int8)``. TFLite's single-rounding multiply rounds ties up (toward
+  $+\infty$), ONNX's ``Round`` to even: the two differ only where $acc \cdot M$ is a tie, by
+  one code (gemmlowp's double rounding also differs where its first rounding moves the second).
+
+``form="qdq"``: what ONNX Runtime's own quantizer emits. int8 weights and an int32 bias
+(scale $s_x s_w$) pass through ``DequantizeLinear`` into float ``Conv`` / ``Gemm`` /
+``Relu`` / ``MaxPool``; each activation goes through ``QuantizeLinear`` then
+``DequantizeLinear`` with its scale and zero point. A runtime may fuse each
+DQ-op-Q group into an integer kernel (ONNX Runtime does, into ``QLinearConv``, whose
+requantization is float32 with an int32 bias): the codes then differ from minquant's
+by at most one step, and only where the rounding is close.
+
+Both graphs take ``X`` float32 (N, C, H, W) and return ``logits`` float32 and
+``logits_q`` int8; the quantized input is the tensor ``input_q``, the int8 output of step
+``i`` the tensor ``step{i}_q``.
+
+References: ONNX operators ``ConvInteger``, ``MatMulInteger``, ``QuantizeLinear``,
+``DequantizeLinear`` (opset 13); ONNX Runtime, "Quantize ONNX models" (QDQ format).
+"""
+
+import pathlib
+
+import numpy as np
+
+from minquant.export import ONNX_FORMS
+from minquant.kernels.requant import float_requant_params
+from minquant.qnn import (
+    FixedPointRequant,
+    QuantizedConv2d,
+    QuantizedFlatten,
+    QuantizedLinear,
+    QuantizedMaxPool2d,
+    QuantizedModel,
+    QuantizedReLU,
+)
+
+__all__ = ["OPSET", "to_onnx"]
+#: Opset 13: per-axis QuantizeLinear/DequantizeLinear, int8 MaxPool and Clip.
+OPSET = 13
+#: IR version 8 (ONNX 1.10): read by every ONNX Runtime since 1.10.
+IR_VERSION = 8
 
 
-def to_onnx(*a):
-    raise NotImplementedError
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError as err:
+        raise ImportError(
+            "to_onnx needs the onnx package, which is not installed: "
+            "pip install 'minquant[dev]' (or pip install onnx)"
+        ) from err
+    return onnx
+
+
+class _Graph:
+    """Nodes and initializers of the graph being built, with unique tensor names."""
+
+    def __init__(self, onnx) -> None:
+        self.onnx, self.helper = onnx, onnx.helper
+        self.nodes, self.initializers = [], []
+        self._count = 0
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        name = f"{name}_{len(self.initializers)}"
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        if output is None:
+            self._count += 1
+            output = f"{op_type.lower()}_{self._count}"
+        self.nodes.append(self.helper.make_node(op_type, inputs, [output], **attrs))
+        return output
+
+
+def _channel_shape(module: QuantizedConv2d | QuantizedLinear) -> tuple[int, ...]:
+    """Shape that broadcasts a per-channel vector over the layer's output."""
+    n = module.out_features
+    return (1, n, 1, 1) if isinstance(module, QuantizedConv2d) else (1, n)
+
+
+def _accumulate(g: _Graph, module, x: str, i: int) -> str:
+    """The exact int32 accumulator sum_k (x_q - z_x) w_q of a Conv2d or Linear."""
+    x_zp = g.const(f"step{i}_x_zero_point", np.int8(module.input_qparams.zero_point))
+    w_zp = g.const(f"step{i}_w_zero_point", np.int8(0))
+    if isinstance(module, QuantizedConv2d):
+        k, s, p = module.kernel_size, module.stride, module.padding
+        w_q = module.w_t.T.reshape(module.out_channels, module.in_channels, k, k)  # (O, C, k, k)
+        w = g.const(f"step{i}_w_q", np.ascontiguousarray(w_q))
+        # NOTE: ConvInteger pads x - z_x with zeros, i.e. x with z_x: minquant's padding.
+        return g.op(
+            "ConvInteger", [x, w, x_zp, w_zp], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4
+        )
+    w = g.const(f"step{i}_w_t", np.ascontiguousarray(module.w_t))  # (K, N)
+    return g.op("MatMulInteger", [x, w, x_zp, w_zp])
+
+
+def _round_clamp(g: _Graph, y: str, requant, dtype: type, i: int) -> str:
+    """rint(y) + z_y, clamped to the requantizer's range, as int8 (ties to even)."""
+    zp = g.const(f"step{i}_y_zero_point", dtype(requant.output_qparams.zero_point))
+    lo = g.const(f"step{i}_qmin", dtype(requant.qmin))  # the fused ReLU is this clamp
+    hi = g.const(f"step{i}_qmax", dtype(requant.qmax))
+    y = g.op("Add", [g.op("Round", [y]), zp])
+    return g.op("Cast", [g.op("Clip", [y, lo, hi])], to=g.onnx.TensorProto.INT8)
+
+
+def _integer_gemm(g: _Graph, module, x: str, i: int) -> str:
+    acc = _accumulate(g, module, x, i)  # int32
+    requant, shape = module.requant, _channel_shape(module)
+    if isinstance(requant, FixedPointRequant):
+        bias_q = g.const(f"step{i}_bias_q", requant.bias_q.reshape(shape))  # int32
+        acc = g.op("Add", [acc, bias_q])
+        # NOTE: M0 has 31 significant bits: exact in float64 (not in float32), and so is
+        # M0 * 2^(shift - 31). The float64 product acc * M is then rounded once.
+        real = requant.multiplier.astype(np.float64) * np.exp2(
+            requant.shift.astype(np.float64) - 31
+        )
+        m = g.const(f"step{i}_multiplier", real.reshape(shape))  # float64
+        y = g.op("Mul", [g.op("Cast", [acc], to=g.onnx.TensorProto.DOUBLE), m])
+        return _round_clamp(g, y, requant, np.float64, i)
+    empty = np.empty((0, module.out_features), np.int32)
+    out_scale = requant.output_qparams.scale
+    bias_over_scale, multiplier = float_requant_params(
+        empty, requant.bias, requant.acc_scale, out_scale
+    )
+    b = g.const(f"step{i}_bias_over_scale", bias_over_scale.reshape(shape))  # float32
+    m = g.const(f"step{i}_multiplier", multiplier.reshape(shape))  # float32
+    y = g.op("Add", [g.op("Cast", [acc], to=g.onnx.TensorProto.FLOAT), b])
+    return _round_clamp(g, g.op("Mul", [y, m]), requant, np.float32, i)
+
+
+def _qdq_gemm(g: _Graph, module, x_q: str, i: int, per_channel: bool) -> str:
+    """DQ(x), DQ(w), DQ(bias) -> float Conv/Gemm (+ Relu) -> Q: ONNX Runtime's QDQ pattern."""
+    x_qp = module.input_qparams
+    x = _dequantize(g, x_q, x_qp.scale, x_qp.zero_point, f"step{i}_x")
+    w_q = module.w_t.T  # (out, K)
+    acc_scale = np.float32(x_qp.scale) * module.w_scale  # (out,) float32, s_x s_w
+    requant = module.requant
+    if isinstance(requant, FixedPointRequant):
+        bias_q = requant.bias_q
+    else:
+        bias = np.zeros(module.out_features, np.float32) if requant.bias is None else requant.bias
+        # NOTE: ONNX Runtime's quantizer stores the bias as int32 at scale s_x s_w (ties to
+        # even), as QLinearConv requires; the float version's float bias is rounded here.
+        bias_q = np.rint(bias.astype(np.float64) / acc_scale).astype(np.int32)
+    axis_args = {"axis": 0} if per_channel else {}
+    scale = module.w_scale if per_channel else module.w_scale[:1].reshape(())
+    zero = np.zeros(scale.shape, np.int8)
+    if isinstance(module, QuantizedConv2d):
+        k = module.kernel_size
+        w_q = w_q.reshape(module.out_channels, module.in_channels, k, k)  # (O, C, k, k)
+    w = g.op(
+        "DequantizeLinear",
+        [g.const(f"step{i}_w_q", np.ascontiguousarray(w_q)), g.const("w_scale", scale),
+         g.const("w_zero_point", zero)],
+        **axis_args,
+    )  # fmt: skip
+    bias_scale = acc_scale if per_channel else acc_scale[:1].reshape(())
+    b = g.op(
+        "DequantizeLinear",
+        [g.const(f"step{i}_bias_q", bias_q), g.const("bias_scale", bias_scale),
+         g.const("bias_zero_point", np.zeros(bias_scale.shape, np.int32))],
+        **axis_args,
+    )  # fmt: skip
+    if isinstance(module, QuantizedConv2d):
+        s, p = module.stride, module.padding
+        y = g.op("Conv", [x, w, b], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)
+    else:
+        y = g.op("Gemm", [x, w, b], transB=1)
+    if module.relu:
+        y = g.op("Relu", [y])
+    y_qp = module.output_qparams
+    return _quantize(g, y, y_qp.scale, y_qp.zero_point, f"step{i}_y")
+
+
+def _quantize(
+    g: _Graph, x: str, scale: float, zero_point: int, name: str, output: str | None = None
+) -> str:
+    s = g.const(f"{name}_scale", np.float32(scale))
+    zp = g.const(f"{name}_zero_point", np.int8(zero_point))
+    return g.op("QuantizeLinear", [x, s, zp], output=output)
+
+
+def _dequantize(g: _Graph, x_q: str, scale: float, zero_point: int, name: str) -> str:
+    s = g.const(f"{name}_scale", np.float32(scale))
+    return g.op("DequantizeLinear", [x_q, s, g.const(f"{name}_zero_point", np.int8(zero_point))])
+
+
+def _int8_step(g: _Graph, module, x_q: str, i: int) -> str:
+    """Steps without arithmetic run on the int8 codes in both forms."""
+    if isinstance(module, QuantizedMaxPool2d):
+        k, s = module.kernel_size, module.stride
+        return g.op("MaxPool", [x_q], kernel_shape=[k, k], strides=[s, s])
+    if isinstance(module, QuantizedFlatten):
+        return g.op("Flatten", [x_q], axis=1)
+    if isinstance(module, QuantizedReLU):
+        lo = g.const(f"step{i}_zero_point", np.int8(module.zero_point))
+        return g.op("Clip", [x_q, lo, g.const(f"step{i}_qmax", np.int8(127))])
+    raise TypeError(f"to_onnx: step {i} is a {type(module).__name__}, which has no ONNX form")
+
+
+def _input_shape(qmodel: QuantizedModel) -> list | None:
+    """Shape of X: (N, C, H, W) before a first Conv2d, (N, in) before a Linear, else unknown."""
+    first = qmodel.steps[0].module
+    if isinstance(first, QuantizedConv2d):
+        return ["N", first.in_channels, "H", "W"]
+    if isinstance(first, QuantizedLinear):
+        return ["N", first.in_features]
+    return None
+
+
+def to_onnx(qmodel: QuantizedModel, path: str | pathlib.Path, form: str = "integer"):
+    r"""Write ``qmodel`` to exactly ``path`` as an ONNX model; returns the ``onnx.ModelProto``.
+
+    ``form`` is ``"integer"`` (ConvInteger/MatMulInteger + requantization, minquant's own
+    arithmetic) or ``"qdq"`` (QuantizeLinear/DequantizeLinear around float operators). The
+    model passes ``onnx.checker.check_model`` before it is written. Inputs ``X`` float32
+    (N, C, H, W); outputs ``logits`` float32 and ``logits_q`` int8 (N, classes).
+
+    >>> from minquant import models
+    >>> from minquant.data import load_mnist
+    >>> from minquant.ptq import quantize_model
+    >>> X, _ = load_mnist("test")
+    >>> qmodel = quantize_model(models.load_pretrained("small_cnn"), X[:200], requant="float")
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "small_cnn.onnx"
+    >>> proto = to_onnx(qmodel, path, form="integer")
+    >>> sorted({node.op_type for node in proto.graph.node} & {"ConvInteger", "MatMulInteger"})
+    ['ConvInteger', 'MatMulInteger']
+    """
+    if form not in ONNX_FORMS:
+        raise ValueError(f"form must be one of {ONNX_FORMS}, got {form!r}")
+    if not isinstance(qmodel, QuantizedModel):
+        raise TypeError(f"to_onnx: qmodel must be a QuantizedModel, got {type(qmodel).__name__}")
+    onnx = _import_onnx()
+    g = _Graph(onnx)
+    in_qp = qmodel.quantize.qparams
+    x_q = _quantize(g, "X", in_qp.scale, in_qp.zero_point, "input", output="input_q")
+    for i, step in enumerate(qmodel.steps):
+        module = step.module
+        if not isinstance(module, (QuantizedConv2d, QuantizedLinear)):
+            y_q = _int8_step(g, module, x_q, i)
+        elif form == "integer":
+            y_q = _integer_gemm(g, module, x_q, i)
+        else:
+            y_q = _qdq_gemm(g, module, x_q, i, qmodel.config.per_channel)
+        x_q = g.op("Identity", [y_q], output=f"step{i}_q")
+    g.op("Identity", [x_q], output="logits_q")
+    out_qp = qmodel.output_qparams
+    _dequantize_to = g.op(
+        "DequantizeLinear",
+        [x_q, g.const("output_scale", np.float32(out_qp.scale)),
+         g.const("output_zero_point", np.int8(out_qp.zero_point))],
+        output="logits",
+    )  # fmt: skip
+    tensor = onnx.TensorProto
+    inputs = [onnx.helper.make_tensor_value_info("X", tensor.FLOAT, _input_shape(qmodel))]
+    n_classes = qmodel.steps[-1].module.out_features
+    outputs = [
+        onnx.helper.make_tensor_value_info(_dequantize_to, tensor.FLOAT, ["N", n_classes]),
+        onnx.helper.make_tensor_value_info("logits_q", tensor.INT8, ["N", n_classes]),
+    ]
+    graph = onnx.helper.make_graph(
+        g.nodes, f"minquant_{form}", inputs, outputs, initializer=g.initializers
+    )
+    model = onnx.helper.make_model(
+        graph,
+        opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="minquant",
+        doc_string=repr(qmodel),
+    )
+    onnx.checker.check_model(model, full_check=True)
+    pathlib.Path(path).write_bytes(model.SerializeToString())
+    return model
