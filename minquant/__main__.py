@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from minquant.export.cli import add_export_parser, run_export
+
 
 @dataclass
 class DemoConfig:
@@ -172,11 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a quick tour: 1 epoch each on 1,000 digits, overriding --epochs/--qat-epochs",
     )
     demo.add_argument("--out", type=pathlib.Path, default=defaults.out, help="folder for the plot")
+    add_export_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "export":
+        return run_export(args)
     for name, value in (("--epochs", args.epochs), ("--qat-epochs", args.qat_epochs)):
         if value < 1:
             raise SystemExit(f"{name} must be >= 1, got {value}")
