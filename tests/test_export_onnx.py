@@ -89,7 +89,9 @@ def test_qdq_form_within_one_code(tmp_path, requant, per_channel):
     proto = to_onnx(qmodel, tmp_path / "m.onnx", form="qdq")
     ops = {node.op_type for node in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "Relu", "MaxPool"} <= ops
-    logits_q = _session(proto).run(["logits_q"], {"X": X})[0]
+    logits_u8 = _session(proto).run(["logits_q"], {"X": X})[0]
+    assert logits_u8.dtype == np.uint8  # ONNX Runtime's U8S8: the int8 codes + 128
+    logits_q = (logits_u8.astype(np.int16) - 128).astype(np.int8)
     expected = qmodel.forward_int(X)
     assert np.abs(logits_q.astype(np.int16) - expected).max() <= 1
     assert np.mean(logits_q.argmax(1) == expected.argmax(1)) >= 0.995
@@ -117,13 +119,26 @@ def test_ties_round_up_in_minquant_and_half_even_in_onnx(tmp_path):
     np.testing.assert_array_equal(logits_q, [[0, 2], [2, 4], [0, -2]])  # ties to even
 
 
+def test_float_form_is_the_float_model(tmp_path):
+    qmodel = _qmodel()
+    X, _ = load_mnist("test")
+    proto = to_onnx(qmodel, tmp_path / "f.onnx", form="float")
+    assert {node.op_type for node in proto.graph.node} == {
+        "Conv", "Relu", "MaxPool", "Flatten", "Gemm", "Identity"
+    }  # fmt: skip
+    logits = _session(proto).run(["logits"], {"X": X})[0]
+    np.testing.assert_allclose(logits, qmodel.float_model(X), rtol=1e-4, atol=1e-4)
+
+
 def test_checker_and_bad_arguments(tmp_path):
     qmodel = _qmodel()
-    for form in ("integer", "qdq"):
+    for form in ("integer", "qdq", "float"):
         path = tmp_path / f"{form}.model"  # written exactly there
         to_onnx(qmodel, path, form=form)
         onnx.checker.check_model(onnx.load(path), full_check=True)
-    with pytest.raises(ValueError, match=r"form must be one of \('qdq', 'integer'\), got 'int8'"):
+    with pytest.raises(
+        ValueError, match=r"form must be one of \('qdq', 'integer', 'float'\), got 'int8'"
+    ):
         to_onnx(qmodel, tmp_path / "x.onnx", form="int8")
     with pytest.raises(TypeError, match="qmodel must be a QuantizedModel, got Sequential"):
         to_onnx(qmodel.float_model, tmp_path / "x.onnx")

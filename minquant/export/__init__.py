@@ -17,9 +17,10 @@ from minquant.export.npz import FORMAT_VERSION, KINDS, FileFormatError, load, sa
 
 __all__ = ["FORMAT_VERSION", "KINDS", "ONNX_FORMS", "FileFormatError", "load", "save", "to_onnx"]
 
-#: The two graph forms :func:`to_onnx` writes: QuantizeLinear/DequantizeLinear around float
-#: operators, or ConvInteger/MatMulInteger with the requantization spelled out.
-ONNX_FORMS = ("qdq", "integer")
+#: The graph forms :func:`to_onnx` writes: QuantizeLinear/DequantizeLinear around float
+#: operators, ConvInteger/MatMulInteger with the requantization spelled out, or the float
+#: model (the baseline to compare with).
+ONNX_FORMS = ("qdq", "integer", "float")
 
 
 def to_onnx(qmodel: object, path: str | pathlib.Path, form: str = "integer") -> object:

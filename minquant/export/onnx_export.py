@@ -1,4 +1,4 @@
-r"""The integer CNN as an ONNX graph, in two forms, for ONNX Runtime or any ONNX backend.
+r"""The integer CNN as an ONNX graph, for ONNX Runtime or any ONNX backend.
 
 ``form="integer"``: integer operators, the model's own arithmetic.
 ``ConvInteger`` / ``MatMulInteger`` compute the exact int32 accumulator
@@ -14,17 +14,21 @@ requantization is spelled out with float operators:
   $+\infty$), ONNX's ``Round`` to even: the two differ only where $acc \cdot M$ is a tie, by
   one code (gemmlowp's double rounding also differs where its first rounding moves the second).
 
-``form="qdq"``: what ONNX Runtime's own quantizer emits. int8 weights and an int32 bias
-(scale $s_x s_w$) pass through ``DequantizeLinear`` into float ``Conv`` / ``Gemm`` /
-``Relu`` / ``MaxPool``; each activation goes through ``QuantizeLinear`` then
-``DequantizeLinear`` with its scale and zero point. A runtime may fuse each
-DQ-op-Q group into an integer kernel (ONNX Runtime does, into ``QLinearConv``, whose
-requantization is float32 with an int32 bias): the codes then differ from minquant's
-by at most one step, and only where the rounding is close.
+``form="qdq"``: what ONNX Runtime's own quantizer emits (its x86 default, U8S8): int8
+weights and an int32 bias (scale $s_x s_w$) pass through ``DequantizeLinear`` into float
+``Conv`` / ``Gemm`` / ``Relu`` / ``MaxPool``; each activation goes through ``QuantizeLinear``
+then ``DequantizeLinear`` with its scale and zero point, as uint8 codes (minquant's int8
+codes + 128, zero point + 128: the same real values). A runtime may fuse a DQ-op-Q group
+into an integer kernel (ONNX Runtime on x86 fuses it into ``QLinearConv`` / ``QGemm`` for
+uint8 activations only, with a float32 requantization and an int32 bias): the codes then
+differ from minquant's by at most one step, and only where the rounding is close.
 
-Both graphs take ``X`` float32 (N, C, H, W) and return ``logits`` float32 and
-``logits_q`` int8; the quantized input is the tensor ``input_q``, the int8 output of step
-``i`` the tensor ``step{i}_q``.
+``form="float"``: the float model (``qmodel.float_model``, BatchNorm folded) with float32
+operators, the baseline to compare sizes and speed with.
+
+Every graph takes ``X`` float32 (N, C, H, W) and returns ``logits`` float32; the quantized
+forms also return ``logits_q`` (int8, uint8 for QDQ); the quantized input is the tensor
+``input_q``, the codes after step ``i`` the tensor ``step{i}_q``.
 
 References: ONNX operators ``ConvInteger``, ``MatMulInteger``, ``QuantizeLinear``,
 ``DequantizeLinear`` (opset 13); ONNX Runtime, "Quantize ONNX models" (QDQ format).
@@ -34,6 +38,7 @@ import pathlib
 
 import numpy as np
 
+from minquant import nn
 from minquant.export import ONNX_FORMS
 from minquant.kernels.requant import float_requant_params
 from minquant.qnn import (
@@ -67,10 +72,17 @@ def _import_onnx():
 class _Graph:
     """Nodes and initializers of the graph being built, with unique tensor names."""
 
-    def __init__(self, onnx) -> None:
+    def __init__(self, onnx, unsigned: bool) -> None:
         self.onnx, self.helper = onnx, onnx.helper
         self.nodes, self.initializers = [], []
         self._count = 0
+        self.unsigned = unsigned  # activations as uint8 codes (the int8 codes + 128)
+
+    def code(self, q: int) -> np.integer:
+        """An activation code (or zero point) in the graph's activation type."""
+        # NOTE: uint8 code = int8 code + 128 with zero point + 128: the same scale, the
+        # same real values (the quint8 convention of the observers, see minquant.ptq).
+        return np.uint8(q + 128) if self.unsigned else np.int8(q)
 
     def const(self, name: str, value: np.ndarray) -> str:
         name = f"{name}_{len(self.initializers)}"
@@ -189,25 +201,28 @@ def _quantize(
     g: _Graph, x: str, scale: float, zero_point: int, name: str, output: str | None = None
 ) -> str:
     s = g.const(f"{name}_scale", np.float32(scale))
-    zp = g.const(f"{name}_zero_point", np.int8(zero_point))
+    zp = g.const(f"{name}_zero_point", g.code(zero_point))
     return g.op("QuantizeLinear", [x, s, zp], output=output)
 
 
-def _dequantize(g: _Graph, x_q: str, scale: float, zero_point: int, name: str) -> str:
+def _dequantize(
+    g: _Graph, x_q: str, scale: float, zero_point: int, name: str, output: str | None = None
+) -> str:
     s = g.const(f"{name}_scale", np.float32(scale))
-    return g.op("DequantizeLinear", [x_q, s, g.const(f"{name}_zero_point", np.int8(zero_point))])
+    zp = g.const(f"{name}_zero_point", g.code(zero_point))
+    return g.op("DequantizeLinear", [x_q, s, zp], output=output)
 
 
-def _int8_step(g: _Graph, module, x_q: str, i: int) -> str:
-    """Steps without arithmetic run on the int8 codes in both forms."""
+def _code_step(g: _Graph, module, x_q: str, i: int) -> str:
+    """Steps without arithmetic run on the codes in both forms."""
     if isinstance(module, QuantizedMaxPool2d):
         k, s = module.kernel_size, module.stride
         return g.op("MaxPool", [x_q], kernel_shape=[k, k], strides=[s, s])
     if isinstance(module, QuantizedFlatten):
         return g.op("Flatten", [x_q], axis=1)
     if isinstance(module, QuantizedReLU):
-        lo = g.const(f"step{i}_zero_point", np.int8(module.zero_point))
-        return g.op("Clip", [x_q, lo, g.const(f"step{i}_qmax", np.int8(127))])
+        lo = g.const(f"step{i}_zero_point", g.code(module.zero_point))
+        return g.op("Clip", [x_q, lo, g.const(f"step{i}_qmax", g.code(127))])
     raise TypeError(f"to_onnx: step {i} is a {type(module).__name__}, which has no ONNX form")
 
 
@@ -221,13 +236,60 @@ def _input_shape(qmodel: QuantizedModel) -> list | None:
     return None
 
 
+def _float_graph(g: _Graph, qmodel: QuantizedModel) -> str:
+    """The float model (BatchNorm folded) as float32 Conv/Gemm/Relu/MaxPool/Flatten."""
+    x = "X"
+    for i, layer in enumerate(qmodel.float_model):
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            w = g.const(f"layer{i}_weight", layer.weight.data.astype(np.float32))
+            inputs = [x, w]
+            if layer.bias is not None:
+                inputs.append(g.const(f"layer{i}_bias", layer.bias.data.astype(np.float32)))
+            if isinstance(layer, nn.Conv2d):
+                k, s, p = layer.kernel_size, layer.stride, layer.padding
+                x = g.op("Conv", inputs, kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)
+            else:
+                x = g.op("Gemm", inputs, transB=1)
+        elif isinstance(layer, nn.ReLU):
+            x = g.op("Relu", [x])
+        elif isinstance(layer, nn.MaxPool2d):
+            k, s = layer.kernel_size, layer.stride
+            x = g.op("MaxPool", [x], kernel_shape=[k, k], strides=[s, s])
+        elif isinstance(layer, nn.Flatten):
+            x = g.op("Flatten", [x], axis=1)
+        else:
+            raise TypeError(f"to_onnx: layer {i} is a {type(layer).__name__}, not exportable")
+    return g.op("Identity", [x], output="logits")
+
+
+def _quantized_graph(g: _Graph, qmodel: QuantizedModel, form: str) -> str:
+    """Quantize, every step (named ``step{i}_q``), ``logits_q``, Dequantize to ``logits``."""
+    in_qp = qmodel.quantize.qparams
+    x_q = _quantize(g, "X", in_qp.scale, in_qp.zero_point, "input", output="input_q")
+    for i, step in enumerate(qmodel.steps):
+        module = step.module
+        if not isinstance(module, (QuantizedConv2d, QuantizedLinear)):
+            y_q = _code_step(g, module, x_q, i)
+        elif form == "integer":
+            y_q = _integer_gemm(g, module, x_q, i)
+        else:
+            y_q = _qdq_gemm(g, module, x_q, i, qmodel.config.per_channel)
+        x_q = g.op("Identity", [y_q], output=f"step{i}_q")
+    g.op("Identity", [x_q], output="logits_q")
+    out_qp = qmodel.output_qparams
+    return _dequantize(g, x_q, out_qp.scale, out_qp.zero_point, "output", output="logits")
+
+
 def to_onnx(qmodel: QuantizedModel, path: str | pathlib.Path, form: str = "integer"):
     r"""Write ``qmodel`` to exactly ``path`` as an ONNX model; returns the ``onnx.ModelProto``.
 
     ``form`` is ``"integer"`` (ConvInteger/MatMulInteger + requantization, minquant's own
-    arithmetic) or ``"qdq"`` (QuantizeLinear/DequantizeLinear around float operators). The
-    model passes ``onnx.checker.check_model`` before it is written. Inputs ``X`` float32
-    (N, C, H, W); outputs ``logits`` float32 and ``logits_q`` int8 (N, classes).
+    arithmetic, int8 activations), ``"qdq"`` (QuantizeLinear/DequantizeLinear around float
+    operators, uint8 activations as ONNX Runtime's quantizer emits them: the int8 codes
+    + 128) or ``"float"`` (the float model ``qmodel.float_model``, the baseline). The
+    model passes ``onnx.checker.check_model`` before it is written. Input ``X`` float32
+    (N, C, H, W); outputs ``logits`` float32 (N, classes) and, quantized forms only,
+    ``logits_q`` (int8, or uint8 for ``"qdq"``).
 
     >>> from minquant import models
     >>> from minquant.data import load_mnist
@@ -245,39 +307,27 @@ def to_onnx(qmodel: QuantizedModel, path: str | pathlib.Path, form: str = "integ
     if not isinstance(qmodel, QuantizedModel):
         raise TypeError(f"to_onnx: qmodel must be a QuantizedModel, got {type(qmodel).__name__}")
     onnx = _import_onnx()
-    g = _Graph(onnx)
-    in_qp = qmodel.quantize.qparams
-    x_q = _quantize(g, "X", in_qp.scale, in_qp.zero_point, "input", output="input_q")
-    for i, step in enumerate(qmodel.steps):
-        module = step.module
-        if not isinstance(module, (QuantizedConv2d, QuantizedLinear)):
-            y_q = _int8_step(g, module, x_q, i)
-        elif form == "integer":
-            y_q = _integer_gemm(g, module, x_q, i)
-        else:
-            y_q = _qdq_gemm(g, module, x_q, i, qmodel.config.per_channel)
-        x_q = g.op("Identity", [y_q], output=f"step{i}_q")
-    g.op("Identity", [x_q], output="logits_q")
-    out_qp = qmodel.output_qparams
-    _dequantize_to = g.op(
-        "DequantizeLinear",
-        [x_q, g.const("output_scale", np.float32(out_qp.scale)),
-         g.const("output_zero_point", np.int8(out_qp.zero_point))],
-        output="logits",
-    )  # fmt: skip
-    tensor = onnx.TensorProto
-    inputs = [onnx.helper.make_tensor_value_info("X", tensor.FLOAT, _input_shape(qmodel))]
+    tensor, helper = onnx.TensorProto, onnx.helper
+    g = _Graph(onnx, unsigned=form == "qdq")
     n_classes = qmodel.steps[-1].module.out_features
-    outputs = [
-        onnx.helper.make_tensor_value_info(_dequantize_to, tensor.FLOAT, ["N", n_classes]),
-        onnx.helper.make_tensor_value_info("logits_q", tensor.INT8, ["N", n_classes]),
-    ]
-    graph = onnx.helper.make_graph(
+    if form == "float":
+        outputs = [helper.make_tensor_value_info(_float_graph(g, qmodel), tensor.FLOAT, None)]
+    else:
+        code_type = tensor.UINT8 if g.unsigned else tensor.INT8
+        outputs = [
+            helper.make_tensor_value_info(_quantized_graph(g, qmodel, form), tensor.FLOAT, None),
+            helper.make_tensor_value_info("logits_q", code_type, None),
+        ]
+    for output in outputs:
+        output.type.tensor_type.shape.dim.add().dim_param = "N"
+        output.type.tensor_type.shape.dim.add().dim_value = n_classes
+    inputs = [helper.make_tensor_value_info("X", tensor.FLOAT, _input_shape(qmodel))]
+    graph = helper.make_graph(
         g.nodes, f"minquant_{form}", inputs, outputs, initializer=g.initializers
     )
-    model = onnx.helper.make_model(
+    model = helper.make_model(
         graph,
-        opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+        opset_imports=[helper.make_opsetid("", OPSET)],
         ir_version=IR_VERSION,
         producer_name="minquant",
         doc_string=repr(qmodel),
