@@ -105,7 +105,7 @@ def _channel_shape(module: QuantizedConv2d | QuantizedLinear) -> tuple[int, ...]
 
 def _accumulate(g: _Graph, module, x: str, i: int) -> str:
     """The exact int32 accumulator sum_k (x_q - z_x) w_q of a Conv2d or Linear."""
-    x_zp = g.const(f"step{i}_x_zero_point", np.int8(module.input_qparams.zero_point))
+    x_zp = g.const(f"step{i}_x_zero_point", g.code(module.input_qparams.zero_point))
     w_zp = g.const(f"step{i}_w_zero_point", np.int8(0))
     if isinstance(module, QuantizedConv2d):
         k, s, p = module.kernel_size, module.stride, module.padding
