@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "calibration",
     "data",
+    "export",
     "fake_quant",
     "fixedpoint",
     "formats",
@@ -55,6 +56,16 @@ _SUBMODULES = (
 )
 
 
+def load(path: str) -> object:
+    """The object (e.g. a ``QuantizedModel``) saved in ``path`` by ``qmodel.save(path)``.
+
+    See :mod:`minquant.export.npz` for the file format and the errors a bad file raises.
+    """
+    from minquant.export.npz import load as load_file
+
+    return load_file(path)
+
+
 def __getattr__(name: str) -> ModuleType:
     if name in _SUBMODULES:
         return importlib.import_module(f"minquant.{name}")
@@ -70,6 +81,7 @@ __all__ = [
     "calc_qparams",
     "dequantize",
     "fake_quantize",
+    "load",
     "mse",
     "pack_int4",
     "qrange",

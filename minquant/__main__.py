@@ -1,4 +1,9 @@
-"""Command line: `python -m minquant demo` runs the end-to-end tour on the bundled data.
+"""Command line: `python -m minquant demo` runs the end-to-end tour on the bundled data;
+`python -m minquant export MODEL --format onnx|npz -o PATH` writes a quantized packaged model
+(see :mod:`minquant.export.cli`).
+
+The tour:
+
 
 1. train the float small_cnn on the 4,000 training digits (one progress bar per stage);
 2. post-training quantization to W8A8 (integer-only inference, TFLite fixed point);
@@ -14,6 +19,8 @@ import time
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+from minquant.export.cli import add_export_parser, run_export
 
 
 @dataclass
@@ -207,11 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.out,
         help="folder for the plot minquant_demo.png (created if missing)",
     )
+    add_export_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "export":
+        return run_export(args)
     for name, value in (("--epochs", args.epochs), ("--qat-epochs", args.qat_epochs)):
         if value < 1:
             raise SystemExit(f"{name} must be >= 1, got {value}")

@@ -119,6 +119,15 @@ class QuantizedModel:
         """Bytes of the float32 model's parameters (BatchNorm folded, as it would be deployed)."""
         return sum(p.data.astype(np.float32).nbytes for p in self.float_model.parameters())
 
+    def save(self, path: str) -> None:
+        """Write the model to exactly ``path`` (an ``.npz``, no pickle); ``mq.load`` reads it.
+
+        See :mod:`minquant.export.cnn` for what the file holds.
+        """
+        from minquant.export.npz import save
+
+        save(self, path)
+
     def forward_int(self, X: np.ndarray) -> np.ndarray:
         """int8 logits: quantize the input, then integer-only modules (in batches)."""
         outputs = []

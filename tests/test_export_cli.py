@@ -1,0 +1,65 @@
+"""`python -m minquant export MODEL --format onnx|npz -o PATH`."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minquant as mq
+from minquant import models
+from minquant.__main__ import main
+from minquant.data import load_mnist
+from minquant.export.cli import CALIB_SIZE
+from minquant.ptq import quantize_model
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "minquant", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_help_lists_export_and_its_options():
+    assert "export" in run("--help").stdout
+    result = run("export", "--help")
+    assert result.returncode == 0
+    for text in ("small_cnn", "--format", "{npz,onnx}", "--form", "-o OUTPUT"):
+        assert text in result.stdout
+
+
+def test_npz_is_the_ptq_default_model(tmp_path, capsys):
+    path = tmp_path / "small_cnn.npz"
+    assert main(["export", "small_cnn", "--format", "npz", "-o", str(path)]) == 0
+    assert f"wrote {path}: small_cnn W8A8, minquant npz" in capsys.readouterr().out
+    X_train, _ = load_mnist("train")
+    X_test, _ = load_mnist("test")
+    expected = quantize_model(models.load_pretrained("small_cnn"), X_train[:CALIB_SIZE])
+    loaded = mq.load(path)
+    assert loaded.config == expected.config
+    np.testing.assert_array_equal(loaded.forward_int(X_test), expected.forward_int(X_test))
+
+
+def test_onnx_from_the_command_line(tmp_path):
+    onnx = pytest.importorskip("onnx", reason="the onnx package (dev extra) writes ONNX")
+    path = tmp_path / "small_cnn.onnx"
+    result = run("export", "small_cnn", "--format", "onnx", "--form", "qdq", "-o", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "ONNX (qdq form)" in result.stdout
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert "QuantizeLinear" in ops and "ConvInteger" not in ops
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "small_cnn", "-o", "x"], "the following arguments are required: --format"),
+        (["export", "resnet50", "--format", "npz", "-o", "x"], "invalid choice: 'resnet50'"),
+        (["export", "small_cnn", "--format", "gguf", "-o", "x"], "invalid choice: 'gguf'"),
+    ],
+)
+def test_bad_arguments(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
