@@ -61,7 +61,7 @@ def layer_times(
     qmodel: QuantizedModel, X: np.ndarray, repeat: int, clock
 ) -> list[tuple[str, float]]:
     """Best time (s) of the input quantization and of each integer step, on all of ``X``."""
-    names = ["Quantize (input)"] + [repr(step.module).split(",")[0] for step in qmodel.steps]
+    names = ["Quantize"] + [type(step.module).__name__ for step in qmodel.steps]
     best = np.full(len(names), np.inf)
     for _ in range(repeat):
         start = clock()
@@ -167,11 +167,11 @@ def main() -> None:
     for name, ok in checks.items():
         print(f"{name}: {ok}")
     print(f"\ntime per layer, ms ({len(X):,} images at once):")
-    print(f"  {'layer':<28}" + "".join(f"{name:>20}" for name in quantized))
+    print(f"  {'layer':<26}" + "".join(f"{name:>20}" for name in quantized))
     layer_names = list(result["layer_ms"]["int8 fixedpoint"])
     for row in layer_names:
         cells = "".join(f"{result['layer_ms'][name][row]:>20.2f}" for name in quantized)
-        print(f"  {row:<28}{cells}")
+        print(f"  {row:<26}{cells}")
 
 
 if __name__ == "__main__":
