@@ -255,8 +255,9 @@ class QuantizedConv2d(_QuantizedGemm):
         if self.packed is not None:
             # NOTE: im2col (as uint8), SIMD GEMM and requantization fused, one image at a
             # time. Measured on small_cnn (1,000 images, one thread, CPU time): conv1 (K = 9)
-            # 25-45 ms against 80-120 ms for the direct loop below, conv2 (K = 144) about 30
-            # against 90 ms unfused; so every convolution takes it when the CPU has the path.
+            # 25-45 ms against 68-120 ms for the direct loop below, conv2 (K = 144) 16-30 ms
+            # against 90-140 ms for im2col + plain GEMM; so every convolution takes it when
+            # the CPU has the path (docs/performance.md).
             path, offset = self.int8_path, self.int8_offset
             return self.requant.conv2d_packed(x_q, self.packed, k, s, p, path, offset)
         if self.in_features <= DIRECT_CONV_MAX_K:
