@@ -30,3 +30,25 @@ def test_quantize_kernel_equals_quant_quantize():
 def test_fma_is_rounded_once():
     a = np.float32(1 + 2**-12)
     assert fma_f32(a, a, np.float32(-1.0)) == np.float32(2**-11 + 2**-24)
+
+
+def test_runs_with_jit_disabled(run_without_jit):
+    run_without_jit(
+        """
+        import numpy as np
+        from minquant.kernels.quantize import quantize_per_tensor_int8
+        from minquant.qnn import QParams, QuantizedConv2d, layers
+        from minquant.quant import quantize
+        x = np.array([-1.0, 0.0, 0.25, 0.26, 3.0, 1e30], np.float32)
+        got = quantize_per_tensor_int8(x, 0.5, -2, -128, 127)
+        assert (got == quantize(x, 0.5, -2, -128, 127)).all()
+        qp = QParams(1.0, 0, -128, 127)
+        assert layers.int8_path(qp) == ("plain", None)
+        conv = QuantizedConv2d(np.ones((1, 1, 2, 2), np.int8), np.float32([1.0]), None, qp, qp)
+        assert conv.packed is None
+        assert conv(np.arange(9, dtype=np.int8).reshape(1, 1, 3, 3))[0, 0].tolist() == [
+            [8, 12], [20, 24]
+        ]
+        print("ok")
+        """
+    )

@@ -18,6 +18,10 @@ One idea per module, all re-exported here:
 * :mod:`minquant.kernels.requant`: int32 accumulators -> int8 codes, both styles;
 * :mod:`minquant.kernels.directconv`: convolution and requantization fused in one pass.
 
+Imported by name instead (the integer layers call them): :mod:`minquant.kernels.vnni` (the int8
+GEMM with the CPU's dot-product instructions), :mod:`minquant.kernels.vnni_conv` (a convolution
+fused with it) and :mod:`minquant.kernels.quantize` (float32 -> int8 in one pass).
+
 References:
 
 * B. Jacob et al., "Quantization and Training of Neural Networks for Efficient

@@ -130,8 +130,8 @@ def _buffers(x, b_packed, geometry, rows):
     ph, pw = geometry[4], geometry[5]
     xp = np.empty((x.shape[2] + 2 * ph, (x.shape[3] + 2 * pw) * x.shape[1]), np.uint8)
     rows_pad = rows + (-rows % MR)
-    # NOTE: zeros: the K' - K padding columns meet zero rows of the packed B, and the
-    # rows_pad - rows padding rows are computed and never read; both must be finite bytes.
+    # NOTE: zeros, though any byte would do: the K' - K padding columns meet zero rows of
+    # the packed B, and the rows_pad - rows padding rows are computed but never read.
     a = np.zeros((rows_pad, 4 * b_packed.shape[1]), np.uint8)  # (M', K')
     c = np.empty((rows_pad, b_packed.shape[0] * b_packed.shape[2]), np.int32)  # (M', N')
     return xp, a, c
