@@ -20,6 +20,10 @@ One idea per module (the first four re-exported here; the last two imported by n
 * :mod:`minquant.kernels.vnni`: the int8 GEMM on the CPU's dot-product instructions (VNNI, AVX2);
 * :mod:`minquant.kernels.gemv`: weight-only (int4, int8, 2-7 bit) matrix-vector products.
 
+Imported by name instead (the integer layers call them): :mod:`minquant.kernels.vnni` (the int8
+GEMM with the CPU's dot-product instructions), :mod:`minquant.kernels.vnni_conv` (a convolution
+fused with it) and :mod:`minquant.kernels.quantize` (float32 -> int8 in one pass).
+
 References:
 
 * B. Jacob et al., "Quantization and Training of Neural Networks for Efficient

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minquant.quant import dequantize, quantize
+from minquant.kernels.quantize import quantize_per_tensor_int8
+from minquant.quant import dequantize
 
 __all__ = ["Dequantize", "QParams", "Quantize", "QuantizedModule"]
 
@@ -80,7 +81,8 @@ class QuantizedModule:
 class Quantize(QuantizedModule):
     r"""The input edge: float32 to int8, $x_q = \mathrm{clip}(\mathrm{rint}(x / s) + z)$.
 
-    Same arithmetic as ``torch.quantize_per_tensor`` (see :func:`minquant.quant.quantize`).
+    Same arithmetic as ``torch.quantize_per_tensor`` (see :func:`minquant.quant.quantize`),
+    in one parallel pass (:func:`minquant.kernels.quantize.quantize_per_tensor_int8`).
 
     >>> Quantize(QParams(1 / 255, -128, -128, 127))(np.array([0.0, 0.2, 1.0]))
     array([-128,  -77,  127], dtype=int8)
@@ -91,7 +93,7 @@ class Quantize(QuantizedModule):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         qp = self.qparams
-        return quantize(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax).astype(np.int8)
+        return quantize_per_tensor_int8(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
 
     def extra_repr(self) -> str:
         qp = self.qparams

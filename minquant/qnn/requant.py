@@ -40,6 +40,8 @@ from minquant.kernels.requant import (
     requantize_fixedpoint_trusted,
     requantize_float_trusted,
 )
+from minquant.kernels.vnni import PackedB
+from minquant.kernels.vnni_conv import conv2d_packed
 from minquant.qnn.qparams import QParams
 
 __all__ = [
@@ -98,6 +100,23 @@ class _Requant:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The per-channel arrays ``__call__`` reads."""
+        raise NotImplementedError
+
+    def conv2d_packed(
+        self, x_q: np.ndarray, packed: PackedB, kernel_size: int, stride: int, padding: int,
+        path: str, offset: int,
+    ) -> np.ndarray:  # fmt: skip
+        """The convolution fused with the packed SIMD GEMM and this requantization.
+
+        int8 (N, O, Ho, Wo); see :func:`minquant.kernels.vnni_conv.conv2d_packed`.
+        """
+        return conv2d_packed(
+            x_q, packed, kernel_size, stride, padding, self._pad_value, path, offset, self.name,
+            self._fused_args(),
+        )  # fmt: skip
+
+    def _fused_args(self) -> tuple:
+        """The operands of the fused kernels, in the order of ``conv2d_packed``'s kernel."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -182,6 +201,9 @@ class FixedPointRequant(_Requant):
             *self._clamp, self._single,
         )  # fmt: skip
 
+    def _fused_args(self) -> tuple:
+        return (*self._kernel_args, *self._clamp, self._single)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rounding={self.rounding!r}"
 
@@ -230,6 +252,9 @@ class FloatRequant(_Requant):
             "acc_scale": self.acc_scale,
         }
         return {name: a for name, a in named.items() if a is not None}
+
+    def _fused_args(self) -> tuple:
+        return (self.zp_correction, *self._kernel_args, *self._clamp)
 
     def simulated_bias(self) -> None:
         """None: the float32 requantization adds the float bias itself, unchanged."""
