@@ -24,7 +24,7 @@ def test_help_lists_export_and_its_options():
     assert "export" in run("--help").stdout
     result = run("export", "--help")
     assert result.returncode == 0
-    for text in ("small_cnn", "--format", "{npz,onnx}", "--form", "-o OUTPUT"):
+    for text in ("small_cnn", "--format", "{npz,onnx,gguf}", "--form", "-o OUTPUT"):
         assert text in result.stdout
 
 
@@ -55,7 +55,7 @@ def test_onnx_from_the_command_line(tmp_path):
     [
         (["export", "small_cnn", "-o", "x"], "the following arguments are required: --format"),
         (["export", "resnet50", "--format", "npz", "-o", "x"], "invalid choice: 'resnet50'"),
-        (["export", "small_cnn", "--format", "gguf", "-o", "x"], "invalid choice: 'gguf'"),
+        (["export", "small_cnn", "--format", "tflite", "-o", "x"], "invalid choice: 'tflite'"),
     ],
 )
 def test_bad_arguments(args, message, capsys):
@@ -63,3 +63,20 @@ def test_bad_arguments(args, message, capsys):
         main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_gguf_is_for_the_language_model_only(tmp_path):
+    with pytest.raises(SystemExit, match="--format gguf is for tiny_lm"):
+        main(["export", "small_cnn", "--format", "gguf", "-o", str(tmp_path / "x.gguf")])
+    with pytest.raises(SystemExit, match="got tiny_lm with --format npz"):
+        main(["export", "tiny_lm", "--format", "npz", "-o", str(tmp_path / "x.npz")])
+
+
+def test_gguf_from_the_command_line(tmp_path, capsys):
+    pytest.importorskip("gguf", reason="the gguf package (dev extra) writes GGUF files")
+    path = tmp_path / "tiny_lm.gguf"
+    assert (
+        main(["export", "tiny_lm", "--format", "gguf", "--gguf-type", "q4_0", "-o", str(path)]) == 0
+    )
+    assert f"wrote {path}: tiny_lm, GGUF (q4_0)" in capsys.readouterr().out
+    assert path.read_bytes()[:4] == b"GGUF"
