@@ -3,9 +3,15 @@
 Starts from the packaged float ``small_cnn`` (``minquant.models.load_pretrained``), quantizes
 it post-training (PTQ) at W8A8, W4A8, W4A4 and W2A4, fine-tunes it with fake quantization
 (QAT) at W4A4 and W2A4, and writes the table into ``docs/results.md`` between the markers
-below (the rest of that file is left alone). Seeded: two runs give the same table.
+below (the rest of that file is left alone). Seeded: two runs give the same table (with one
+BLAS thread: training sums floats in a thread-dependent order).
 
-    python benchmarks/qat_table.py            # about 3-4 minutes on 2 cores
+Two QAT recipes: the course's (``prepare_qat`` defaults, as notebook 06: narrow-range min/max
+weight scales, 2 epochs at lr 1e-4) and the low-bit one (PyTorch's reference recipe of
+``benchmarks/qat_torch_reference.py``: the full 2-bit grid {-2, -1, 0, 1}, 3 epochs at lr
+5e-4), plus LSQ's initial weight scale and BitNet b1.58 ternary weights.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/qat_table.py   # about 5 minutes on 2 cores
 """
 
 import argparse
@@ -22,6 +28,34 @@ START, END = "<!-- qat-table:start -->", "<!-- qat-table:end -->"
 RESULTS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results.md"
 CALIBRATION_SIZE = 1000
 QAT_EPOCHS, QAT_LR, QAT_BATCH, SEED = 2, 1e-4, 64, 0
+LOW_BIT_EPOCHS, LOW_BIT_LR = 3, 5e-4
+# name: (weight_bits, act_bits, prepare_qat keyword arguments, epochs, lr)
+QAT_ROWS = {
+    "QAT W4A4": (4, 4, {}, QAT_EPOCHS, QAT_LR),
+    "QAT W2A4": (2, 4, {}, QAT_EPOCHS, QAT_LR),
+    "QAT W2A4, grid {-2..1}": (2, 4, {"weight_narrow_range": False}, QAT_EPOCHS, QAT_LR),
+    "QAT W2A4, grid {-2..1}, low-bit recipe": (
+        2,
+        4,
+        {"weight_narrow_range": False},
+        LOW_BIT_EPOCHS,
+        LOW_BIT_LR,
+    ),
+    "QAT W2A4, grid {-2..1}, LSQ init scale, low-bit recipe": (
+        2,
+        4,
+        {"weight_narrow_range": False, "weight_quant": "lsq"},
+        LOW_BIT_EPOCHS,
+        LOW_BIT_LR,
+    ),
+    "QAT W1.58A4 ternary (absmean), low-bit recipe": (
+        2,
+        4,
+        {"weight_quant": "ternary"},
+        LOW_BIT_EPOCHS,
+        LOW_BIT_LR,
+    ),
+}
 # NOTE: float32 requantization (PyTorch x86) rounds like the fake quantizers, so the integer
 # models reproduce their simulations; "fixedpoint" moves a few 4-bit codes by one step.
 REQUANT = "float"
@@ -59,23 +93,24 @@ def run() -> tuple[list[dict], dict]:
             model, X_calib, w_bits, a_bits, requant=REQUANT, reduce_range=False
         )
         rows.append(_row(f"PTQ W{w_bits}A{a_bits}", qmodel, X_test, y_test))
-        if a_bits == 4:
-            qat_model = qat.prepare_qat(model, weight_bits=w_bits, act_bits=a_bits)
-            rng = np.random.default_rng(SEED)
+        for name, (qat_w, qat_a, kwargs, epochs, lr) in QAT_ROWS.items():
+            if (qat_w, qat_a) != (w_bits, a_bits):
+                continue
+            qat_model = qat.prepare_qat(model, weight_bits=qat_w, act_bits=qat_a, **kwargs)
             start = time.perf_counter()
             train.fit(
                 qat_model,
                 X_train,
                 y_train,
-                epochs=QAT_EPOCHS,
+                epochs=epochs,
                 batch_size=QAT_BATCH,
-                lr=QAT_LR,
-                rng=rng,
+                lr=lr,
+                rng=np.random.default_rng(SEED),
                 quiet=True,
             )
-            timings[f"QAT W{w_bits}A{a_bits}"] = time.perf_counter() - start
+            timings[name] = time.perf_counter() - start
             qmodel = qat.convert(qat_model, requant=REQUANT)
-            row = _row(f"QAT W{w_bits}A{a_bits}", qmodel, X_test, y_test)
+            row = _row(name, qmodel, X_test, y_test)
             qat_pred = train.predict(qat_model.eval(), X_test).argmax(axis=1)
             row["qat_agreement"] = float(np.mean(qmodel(X_test).argmax(axis=1) == qat_pred))
             rows.append(row)
@@ -104,7 +139,14 @@ def table(rows: list[dict], timings: dict) -> str:
         "QAT: `prepare_qat` on the same float "
         f"model, {QAT_EPOCHS} epochs of Adam (lr {QAT_LR}, batch {QAT_BATCH}, seed {SEED}) on "
         "the 4,000 training images, BatchNorm frozen after "
-        f"{qat.FREEZE_BN_STEPS} steps, then `convert`. Model bytes: the model stored with its "
+        f"{qat.FREEZE_BN_STEPS} steps, then `convert`; narrow-range min/max weight scales "
+        "(W2: codes {-1, 0, 1}, scale max|w|) unless a row says otherwise. "
+        "Grid {-2..1}: `weight_narrow_range=False`. Low-bit recipe: "
+        f"{LOW_BIT_EPOCHS} epochs at lr {LOW_BIT_LR} (PyTorch's reference recipe). LSQ init "
+        'scale: `weight_quant="lsq"`, s = 2 mean|w| / sqrt(qmax) per channel, recomputed '
+        'each step. Ternary: `weight_quant="ternary"`, BitNet b1.58 absmean per channel, '
+        "codes {-1, 0, 1} stored (and counted) as 2-bit codes. "
+        "Model bytes: the model stored with its "
         "weight codes packed at weight_bits bits (`QuantizedModel.packed_nbytes`). "
         "Agreement: share of test argmaxes equal between the integer model and its "
         "fake-quant simulation "
