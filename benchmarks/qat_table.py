@@ -12,15 +12,21 @@ weight scales, 2 epochs at lr 1e-4) and the low-bit one (PyTorch's reference rec
 5e-4), plus LSQ's initial weight scale and BitNet b1.58 ternary weights.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/qat_table.py   # about 5 minutes on 2 cores
+    OPENBLAS_NUM_THREADS=1 python benchmarks/qat_table.py --study   # the W2A4 steps, printed
+
+``--study`` prints minquant's W2A4 accuracy for the ingredients that
+``benchmarks/qat_torch_reference.py`` varies on PyTorch's side (grid, epochs and learning
+rate, weight observer averaging, BatchNorm freezing, seed), one at a time.
 """
 
 import argparse
 import pathlib
 import time
+from functools import partial
 
 import numpy as np
 
-from minquant import ptq, qat, train
+from minquant import fake_quant, ptq, qat, train
 from minquant.data import load_mnist
 from minquant.models import load_pretrained
 
@@ -59,6 +65,76 @@ QAT_ROWS = {
 # NOTE: float32 requantization (PyTorch x86) rounds like the fake quantizers, so the integer
 # models reproduce their simulations; "fixedpoint" moves a few 4-bit codes by one step.
 REQUANT = "float"
+
+
+# name: (prepare_qat keyword arguments, epochs, lr, weight observer averaging or None, seed)
+STUDY = {
+    "narrow {-1,0,1}, min/max scale, 2 ep, lr 1e-4 (course)": ({}, 2, 1e-4, None, 0),
+    "narrow {-1,0,1}, min/max scale, 3 ep, lr 5e-4": ({}, 3, 5e-4, None, 0),
+    "narrow {-1,0,1}, LSQ init scale, 2 ep, lr 1e-4": ({"weight_quant": "lsq"}, 2, 1e-4, None, 0),
+    "ternary (absmean), 2 ep, lr 1e-4": ({"weight_quant": "ternary"}, 2, 1e-4, None, 0),
+    "[-2,1], 2 ep, lr 1e-4": ({"weight_narrow_range": False}, 2, 1e-4, None, 0),
+    "[-2,1], 3 ep, lr 5e-4": ({"weight_narrow_range": False}, 3, 5e-4, None, 0),
+    "[-2,1], 3 ep, lr 5e-4, seed 1": ({"weight_narrow_range": False}, 3, 5e-4, None, 1),
+    "[-2,1], 3 ep, lr 5e-4, seed 2": ({"weight_narrow_range": False}, 3, 5e-4, None, 2),
+    "[-2,1], 3 ep, lr 5e-4, BN never frozen": (
+        {"weight_narrow_range": False, "freeze_bn_steps": 10**9},
+        3,
+        5e-4,
+        None,
+        0,
+    ),
+    "[-2,1], 3 ep, lr 5e-4, BN never frozen, avg 0.01 (torch defaults)": (
+        {"weight_narrow_range": False, "freeze_bn_steps": 10**9},
+        3,
+        5e-4,
+        0.01,
+        0,
+    ),
+}
+
+
+def study() -> None:
+    """Print minquant's W2A4 QAT accuracy for each variant of ``STUDY``."""
+    X_train, y_train = load_mnist("train")
+    X_test, y_test = load_mnist("test")
+    model = load_pretrained("small_cnn")
+    for name, (kwargs, epochs, lr, averaging, seed) in STUDY.items():
+        qat_model = qat.prepare_qat(model, weight_bits=2, act_bits=4, **kwargs)
+        if averaging is not None:
+            # NOTE: the study only: a moving-average weight observer, as torch's default.
+            narrow = kwargs.get("weight_narrow_range", True)
+            observer = partial(fake_quant._default_observer(0), averaging_constant=averaging)
+            for layer in qat_model:
+                if isinstance(layer, (qat.QATConvBn2d, qat.QATLinear)):
+                    layer.weight_fake_quant = fake_quant.FakeQuantize(
+                        2,
+                        signed=True,
+                        symmetric=True,
+                        axis=0,
+                        observer=observer,
+                        narrow_range=narrow,
+                    )
+        start = time.perf_counter()
+        train.fit(
+            qat_model,
+            X_train,
+            y_train,
+            epochs=epochs,
+            batch_size=QAT_BATCH,
+            lr=lr,
+            rng=np.random.default_rng(seed),
+            quiet=True,
+        )
+        seconds = time.perf_counter() - start
+        qmodel = qat.convert(qat_model, requant=REQUANT)
+        int_pred = qmodel(X_test).argmax(axis=1)
+        agree = np.mean(int_pred == qmodel.simulate(X_test).argmax(axis=1))
+        print(
+            f"minquant W2A4 {name:<66} {np.mean(int_pred == y_test):.1%}  "
+            f"(int vs simulation {agree:.1%}, {seconds:.0f} s)",
+            flush=True,
+        )
 
 
 def _row(name: str, qmodel: ptq.QuantizedModel, X: np.ndarray, y: np.ndarray) -> dict:
@@ -175,7 +251,11 @@ def write(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--study", action="store_true", help="print the W2A4 study only")
     args = parser.parse_args()
+    if args.study:
+        study()
+        return
     start = time.perf_counter()
     rows, timings = run()
     text = table(rows, timings)
