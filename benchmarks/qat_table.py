@@ -67,54 +67,76 @@ QAT_ROWS = {
 REQUANT = "float"
 
 
-# name: (prepare_qat keyword arguments, epochs, lr, weight observer averaging or None, seed)
+def _moving_average_weight_fq(narrow_range: bool) -> fake_quant.FakeQuantize:
+    """Torch's default weight quantizer: min/max with a moving average (constant 0.01)."""
+    observer = partial(fake_quant._default_observer(0), averaging_constant=0.01)
+    return fake_quant.FakeQuantize(
+        2, signed=True, symmetric=True, axis=0, observer=observer, narrow_range=narrow_range
+    )
+
+
+def _masked_ternary_weight_fq(narrow_range: bool) -> fake_quant.FakeQuantize:
+    """The ternary grid and absmean scale with an ordinary (clipping-masked) STE."""
+    return fake_quant.FakeQuantize(
+        2, True, True, axis=0, observer=fake_quant.AbsMeanObserver, narrow_range=narrow_range
+    )
+
+
+FULL = {"weight_narrow_range": False}
+LIVE_BN = {"weight_narrow_range": False, "freeze_bn_steps": 10**9}
+TERNARY = {"weight_quant": "ternary"}
+# name: (prepare_qat keyword arguments, epochs, lr, weight quantizer stand-in or None, seed)
 STUDY = {
     "narrow {-1,0,1}, min/max scale, 2 ep, lr 1e-4 (course)": ({}, 2, 1e-4, None, 0),
     "narrow {-1,0,1}, min/max scale, 3 ep, lr 5e-4": ({}, 3, 5e-4, None, 0),
     "narrow {-1,0,1}, LSQ init scale, 2 ep, lr 1e-4": ({"weight_quant": "lsq"}, 2, 1e-4, None, 0),
-    "ternary (absmean), 2 ep, lr 1e-4": ({"weight_quant": "ternary"}, 2, 1e-4, None, 0),
-    "[-2,1], 2 ep, lr 1e-4": ({"weight_narrow_range": False}, 2, 1e-4, None, 0),
-    "[-2,1], 3 ep, lr 5e-4": ({"weight_narrow_range": False}, 3, 5e-4, None, 0),
-    "[-2,1], 3 ep, lr 5e-4, seed 1": ({"weight_narrow_range": False}, 3, 5e-4, None, 1),
-    "[-2,1], 3 ep, lr 5e-4, seed 2": ({"weight_narrow_range": False}, 3, 5e-4, None, 2),
-    "[-2,1], 3 ep, lr 5e-4, BN never frozen": (
-        {"weight_narrow_range": False, "freeze_bn_steps": 10**9},
+    "ternary (absmean), 2 ep, lr 1e-4": (TERNARY, 2, 1e-4, None, 0),
+    "[-2,1], 2 ep, lr 1e-4": (FULL, 2, 1e-4, None, 0),
+    "[-2,1], 3 ep, lr 5e-4": (FULL, 3, 5e-4, None, 0),
+    "[-2,1], 3 ep, lr 5e-4, seed 1": (FULL, 3, 5e-4, None, 1),
+    "[-2,1], 3 ep, lr 5e-4, seed 2": (FULL, 3, 5e-4, None, 2),
+    "[-2,1], 3 ep, lr 5e-4, BN never frozen": (LIVE_BN, 3, 5e-4, None, 0),
+    "[-2,1], 3 ep, lr 5e-4, BN never frozen, avg 0.01 (torch defaults)": (
+        LIVE_BN,
         3,
         5e-4,
-        None,
+        _moving_average_weight_fq,
         0,
     ),
-    "[-2,1], 3 ep, lr 5e-4, BN never frozen, avg 0.01 (torch defaults)": (
-        {"weight_narrow_range": False, "freeze_bn_steps": 10**9},
+    "ternary per tensor, 3 ep, lr 5e-4": ({**TERNARY, "per_channel": False}, 3, 5e-4, None, 0),
+    "ternary, clipping-masked STE, 3 ep, lr 5e-4": (
+        TERNARY,
         3,
         5e-4,
-        0.01,
+        _masked_ternary_weight_fq,
         0,
     ),
 }
+for _seed in (1, 2):
+    STUDY[f"[-2,1], LSQ init scale, 3 ep, lr 5e-4, seed {_seed}"] = (
+        {**FULL, "weight_quant": "lsq"},
+        3,
+        5e-4,
+        None,
+        _seed,
+    )
+    STUDY[f"ternary (absmean), 3 ep, lr 5e-4, seed {_seed}"] = (TERNARY, 3, 5e-4, None, _seed)
 
 
-def study() -> None:
-    """Print minquant's W2A4 QAT accuracy for each variant of ``STUDY``."""
+def study(only: str | None = None) -> None:
+    """Print minquant's W2A4 QAT accuracy for each variant of ``STUDY`` (names with ``only``)."""
     X_train, y_train = load_mnist("train")
     X_test, y_test = load_mnist("test")
     model = load_pretrained("small_cnn")
-    for name, (kwargs, epochs, lr, averaging, seed) in STUDY.items():
+    for name, (kwargs, epochs, lr, make_weight_fq, seed) in STUDY.items():
+        if only is not None and only not in name:
+            continue
         qat_model = qat.prepare_qat(model, weight_bits=2, act_bits=4, **kwargs)
-        if averaging is not None:
-            # NOTE: the study only: a moving-average weight observer, as torch's default.
+        if make_weight_fq is not None:
             narrow = kwargs.get("weight_narrow_range", True)
-            observer = partial(fake_quant._default_observer(0), averaging_constant=averaging)
             for layer in qat_model:
                 if isinstance(layer, (qat.QATConvBn2d, qat.QATLinear)):
-                    layer.weight_fake_quant = fake_quant.FakeQuantize(
-                        2,
-                        signed=True,
-                        symmetric=True,
-                        axis=0,
-                        observer=observer,
-                        narrow_range=narrow,
-                    )
+                    layer.weight_fake_quant = make_weight_fq(narrow)
         start = time.perf_counter()
         train.fit(
             qat_model,
@@ -252,9 +274,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--study", action="store_true", help="print the W2A4 study only")
+    parser.add_argument("--only", help="--study: only the variants whose name contains this")
     args = parser.parse_args()
     if args.study:
-        study()
+        study(args.only)
         return
     start = time.perf_counter()
     rows, timings = run()
