@@ -44,27 +44,46 @@ from functools import partial
 import numpy as np
 
 from minquant import nn, ptq
-from minquant.fake_quant import FakeQuantize, _default_observer
+from minquant.fake_quant import (
+    AbsMeanObserver,
+    FakeQuantize,
+    TernaryFakeQuantize,
+    _default_observer,
+    lsq_init_factor,
+)
 from minquant.qnn.model import QuantConfig
-from minquant.quant import quantize
+from minquant.quant import qrange, quantize
 
 #: Training steps after which BatchNorm statistics are frozen (PyTorch's QAT recipes freeze
 #: them after a few epochs; our fine-tunes are short).
 FREEZE_BN_STEPS = 50
 
 
-def _weight_fake_quant(weight_bits: int, per_channel: bool, learnable: bool) -> FakeQuantize:
-    # NOTE: averaging_constant=1 makes the weight range the *current* max |w| at every step:
-    # the scale follows the weights exactly (a lagging moving average would clip them).
+#: Where ``prepare_qat`` takes the weight scale from (see :func:`prepare_qat`).
+WEIGHT_QUANT = ("minmax", "lsq", "ternary")
+
+
+def _weight_fake_quant(
+    weight_bits: int, per_channel: bool, learnable: bool, weight_quant: str, narrow_range: bool
+) -> FakeQuantize:
     axis = 0 if per_channel else None
+    if weight_quant == "ternary":
+        return TernaryFakeQuantize(axis=axis)
+    if weight_quant == "lsq":
+        qmax = qrange(weight_bits, signed=True, narrow_range=narrow_range)[1]
+        observer = partial(AbsMeanObserver, factor=lsq_init_factor(qmax))
+    else:
+        # NOTE: averaging_constant=1 makes the weight range the *current* max |w| at every
+        # step: the scale follows the weights exactly (a lagging moving average would clip).
+        observer = partial(_default_observer(axis), averaging_constant=1.0)
     return FakeQuantize(
         num_bits=weight_bits,
         signed=True,
         symmetric=True,
         axis=axis,
-        observer=partial(_default_observer(axis), averaging_constant=1.0),
+        observer=observer,
         learnable=learnable,
-        narrow_range=True,
+        narrow_range=narrow_range,
     )
 
 
@@ -242,6 +261,8 @@ def prepare_qat(
     per_channel: bool = True,
     learnable: bool = False,
     freeze_bn_steps: int = FREEZE_BN_STEPS,
+    weight_quant: str = "minmax",
+    weight_narrow_range: bool = True,
 ) -> nn.Sequential:
     r"""A copy of the float ``model`` with fake quantization on weights and activations.
 
@@ -254,6 +275,16 @@ def prepare_qat(
     observers initialise them; call :func:`disable_observers` to let them learn.
     The input model is not modified. The result is in training mode.
 
+    ``weight_quant`` chooses the weight scale: ``"minmax"`` (the current $\max |w|$, as
+    post-training quantization), ``"lsq"`` (LSQ's $2\,\overline{|w|} / \sqrt{q_{max}}$,
+    recomputed every step, or only the initial value with ``learnable=True``) or
+    ``"ternary"`` (BitNet b1.58: $\{-1, 0, 1\} \cdot \overline{|w|}$,
+    :class:`~minquant.fake_quant.TernaryFakeQuantize`; needs ``weight_bits=2``, where the
+    codes are stored). ``weight_narrow_range`` drops the code $-2^{b-1}$ (symmetric grid, as
+    :func:`minquant.ptq.quantize_model`); at 2 bits that leaves only $\{-1, 0, 1\}$, so a
+    2-bit QAT run does better with ``weight_narrow_range=False`` ($\{-2, -1, 0, 1\}$, as
+    PyTorch's ``quant_min=-2, quant_max=1``; see docs/results.md).
+
     >>> from minquant.models import small_cnn
     >>> qat_model = prepare_qat(small_cnn(rng=np.random.default_rng(0)), 4, 4)
     >>> [type(m).__name__ for m in qat_model][:5]
@@ -264,13 +295,23 @@ def prepare_qat(
     act_bits = ptq.check_bits("act_bits", act_bits)
     if int(freeze_bn_steps) != freeze_bn_steps or freeze_bn_steps < 0:
         raise ValueError(f"freeze_bn_steps must be an int >= 0, got {freeze_bn_steps!r}")
+    if weight_quant not in WEIGHT_QUANT:
+        raise ValueError(f"weight_quant must be one of {WEIGHT_QUANT}, got {weight_quant!r}")
+    if weight_quant == "ternary" and (weight_bits != 2 or learnable):
+        raise ValueError(
+            "weight_quant='ternary' stores 2-bit codes and recomputes its scale: it needs "
+            f"weight_bits=2 and learnable=False, got weight_bits={weight_bits}, "
+            f"learnable={learnable}"
+        )
     layers = [copy.deepcopy(layer) for layer in layers]
     out: list[nn.Module] = [_act_fake_quant(act_bits, learnable)]
     for group in ptq.group_layers(layers, "prepare_qat"):
         if isinstance(group.layer, ptq.PLAIN_LAYERS):
             out.append(group.layer)
             continue
-        w_fq = _weight_fake_quant(weight_bits, per_channel, learnable)
+        w_fq = _weight_fake_quant(
+            weight_bits, per_channel, learnable, weight_quant, weight_narrow_range
+        )
         if isinstance(group.layer, nn.Linear):
             out.append(QATLinear(group.layer, w_fq))
         else:

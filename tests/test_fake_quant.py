@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from minquant.fake_quant import FakeQuantize, fake_quantize_with_mask, lsq_backward
+from minquant.fake_quant import (
+    AbsMeanObserver,
+    FakeQuantize,
+    TernaryFakeQuantize,
+    fake_quantize_with_mask,
+    lsq_backward,
+    lsq_init_factor,
+)
 from minquant.nn import Parameter
 from minquant.quant import EPS, fake_quantize, qrange
 
@@ -304,3 +311,81 @@ def test_bad_input() -> None:
         fq(np.array([0.0, np.nan], dtype=np.float32))
     with pytest.raises(RuntimeError, match="before forward"):
         FakeQuantize(num_bits=4).backward(np.ones(2))
+
+
+def _bitnet_weight_quant(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """BitNet b1.58's reference ``weight_quant`` (scale = 1 / mean|w|, round, clamp to
+    [-1, 1], divide by the scale), written out in NumPy float32; returns (w_hat, codes)."""
+    if axis is None:
+        mean = np.float32(np.abs(w).mean(dtype=np.float64))
+    else:
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        mean = np.abs(w).mean(axis=other, keepdims=True, dtype=np.float64).astype(np.float32)
+    inv = np.float32(1.0) / mean
+    codes = np.clip(np.rint(w * inv), -1, 1)
+    return (codes / inv).astype(np.float32), codes
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+def test_ternary_matches_the_bitnet_rule(axis) -> None:
+    rng = np.random.default_rng(11)
+    w = rng.normal(0.0, 0.2, size=(6, 3, 3, 3)).astype(np.float32)  # (C, C_in, k, k)
+    w[2] *= 10.0  # one loud channel: per channel it keeps its own scale
+    fq = TernaryFakeQuantize(axis=axis)
+    w_hat = fq(w)
+    expected, codes = _bitnet_weight_quant(w, axis)
+    np.testing.assert_allclose(w_hat, expected, rtol=1e-6, atol=0)
+    scale, zero_point = fq.calculate_qparams()
+    assert scale.shape == ((1,) if axis is None else (6,)) and np.all(zero_point == 0)
+    view = scale if axis is None else scale[:, None, None, None]
+    np.testing.assert_array_equal(np.rint(w_hat / view), codes)  # codes in {-1, 0, 1}
+    assert set(np.unique(codes)) == {-1.0, 0.0, 1.0}
+    assert (fq.qmin, fq.qmax, fq.num_bits) == (-1, 1, 2)
+
+
+def test_ternary_scale_follows_the_weights_and_backward_is_identity() -> None:
+    fq = TernaryFakeQuantize()
+    fq(np.array([-1.0, 1.0], dtype=np.float32))
+    assert fq.scale.tolist() == [1.0]
+    x = np.array([-9.0, -0.2, 0.0, 0.3, 2.0], dtype=np.float32)  # mean |x| = 2.3
+    out = fq(x)
+    assert fq.scale.tolist() == [np.float32(2.3)]
+    assert out.tolist() == (np.array([-1, 0, 0, 0, 1], np.float32) * np.float32(2.3)).tolist()
+    g = np.arange(1, 6, dtype=np.float32)
+    # BitNet's straight-through estimator: -9 lies beyond the grid and still gets its gradient
+    np.testing.assert_array_equal(fq.backward(g), g)
+    # the ordinary fake quantizer on the same grid and scale masks it
+    masked = FakeQuantize(
+        2, signed=True, symmetric=True, narrow_range=True, observer=AbsMeanObserver
+    )
+    masked(x)
+    assert masked.backward(g).tolist() == [0.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize("num_bits", [2, 3, 4, 8])
+def test_lsq_init_scale_is_two_mean_abs_over_sqrt_qmax(num_bits) -> None:
+    rng = np.random.default_rng(12)
+    w = rng.normal(size=(4, 10)).astype(np.float32)  # (out, in)
+    qmax = qrange(num_bits, signed=True, narrow_range=False)[1]
+    obs = AbsMeanObserver(num_bits, narrow_range=False, axis=0, factor=lsq_init_factor(qmax))
+    obs(w)
+    scale, zero_point = obs.calculate_qparams()
+    expected = [2 * np.mean(np.abs(row)) / np.sqrt(qmax) for row in w.astype(np.float64)]
+    np.testing.assert_allclose(scale, expected, rtol=1e-6)
+    assert scale.dtype == np.float32 and zero_point.tolist() == [0, 0, 0, 0]
+    assert lsq_init_factor(1) == 2.0 and lsq_init_factor(4) == 1.0
+
+
+def test_abs_mean_observer_edge_cases() -> None:
+    obs = AbsMeanObserver(axis=0)
+    assert obs.calculate_qparams()[0].tolist() == [1.0]  # never observed: placeholder
+    obs(np.zeros((2, 3), np.float32))
+    assert obs.calculate_qparams()[0].tolist() == [EPS, EPS]  # all zero: eps, not 0
+    with pytest.raises(ValueError, match="signed"):
+        AbsMeanObserver(signed=False)
+    with pytest.raises(ValueError, match="factor"):
+        AbsMeanObserver(factor=0.0)
+    with pytest.raises(ValueError, match="empty"):
+        AbsMeanObserver()(np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="x"):
+        AbsMeanObserver()(np.array([np.nan], np.float32))

@@ -5,7 +5,7 @@ import pytest
 
 from minquant import nn, ptq, train
 from minquant.data import load_mnist
-from minquant.fake_quant import FakeQuantize
+from minquant.fake_quant import FakeQuantize, TernaryFakeQuantize
 from minquant.models import load_pretrained, small_cnn
 from minquant.qat import (
     QATConvBn2d,
@@ -250,3 +250,69 @@ def test_bad_arguments() -> None:
         prepare_qat(nn.Sequential(nn.BatchNorm2d(1), nn.Flatten()))
     with pytest.raises(ValueError, match="prepare_qat"):
         convert(nn.Sequential(nn.Flatten()))
+    with pytest.raises(ValueError, match="weight_quant must be one of"):
+        prepare_qat(model, weight_quant="absmax")
+    with pytest.raises(ValueError, match="weight_bits=2 and learnable=False, got weight_bits=4"):
+        prepare_qat(model, weight_bits=4, weight_quant="ternary")
+    with pytest.raises(ValueError, match="learnable=True"):
+        prepare_qat(model, weight_bits=2, weight_quant="ternary", learnable=True)
+
+
+def _short_finetune(**kwargs: object) -> nn.Sequential:
+    """small_cnn at W2A4 fine-tuned on 256 training images (a second or two)."""
+    X, y = load_mnist("train")
+    qat_model = prepare_qat(load_pretrained(), 2, 4, freeze_bn_steps=2, **kwargs)
+    rng = np.random.default_rng(5)
+    train.fit(qat_model, X[:256], y[:256], epochs=1, batch_size=64, lr=5e-4, rng=rng, quiet=True)
+    # NOTE: the weight scales were observed before the last optimizer step; one more
+    # training-mode pass (BatchNorm already frozen) makes them those of the final weights.
+    qat_model.train()(X[:64])
+    return qat_model.eval()
+
+
+def _agreement(qat_model: nn.Sequential) -> float:
+    X_test, _ = load_mnist("test")
+    qmodel = convert(qat_model)
+    int_pred = qmodel(X_test).argmax(axis=1)
+    assert np.mean(int_pred == qmodel.simulate(X_test).argmax(axis=1)) >= 0.999
+    return float(np.mean(int_pred == train.predict(qat_model.eval(), X_test).argmax(axis=1)))
+
+
+def test_ternary_qat_converts_to_codes_in_minus_one_zero_one() -> None:
+    qat_model = _short_finetune(weight_quant="ternary")
+    layers = [m for m in qat_model if isinstance(m, (QATConvBn2d, QATLinear))]
+    assert all(isinstance(m.weight_fake_quant, TernaryFakeQuantize) for m in layers)
+    assert _agreement(qat_model) >= 0.999
+    qmodel = convert(qat_model)
+    assert qmodel.config.weight_bits == 2
+    steps = [step for step in qmodel.steps if step.sim_layer is not None]
+    for layer, step in zip(layers, steps, strict=True):
+        w_fold, _ = layer.folded_weight_bias()  # (C, ...)
+        gamma = np.abs(w_fold.reshape(len(w_fold), -1)).mean(axis=1)  # BitNet absmean, (C,)
+        np.testing.assert_allclose(layer.weight_fake_quant.scale, gamma, rtol=1e-6)
+        codes = step.module.w_t
+        assert codes.dtype == np.int8 and set(np.unique(codes)) == {-1, 0, 1}
+        w_hat = layer.weight_fake_quant.eval()(w_fold)  # eval: the scale stays
+        np.testing.assert_array_equal(step.sim_layer.weight.data, w_hat)
+
+
+def test_full_two_bit_grid_uses_code_minus_two() -> None:
+    qat_model = _short_finetune(weight_narrow_range=False)
+    assert _agreement(qat_model) >= 0.999
+    fq = qat_model[1].weight_fake_quant
+    assert (fq.qmin, fq.qmax) == (-2, 1)
+    w_fold, _ = qat_model[1].folded_weight_bias()  # (C, C_in, k, k)
+    max_abs = np.abs(w_fold.reshape(len(w_fold), -1)).max(axis=1)  # (C,)
+    # symmetric signed scale, as torch: max|w| / ((qmax - qmin) / 2) = max|w| / 1.5
+    np.testing.assert_allclose(fq.scale, max_abs / 1.5, rtol=1e-6)
+    codes = convert(qat_model).steps[0].module.w_t
+    assert codes.min() == -2 and codes.max() == 1
+
+
+def test_lsq_weight_scale_is_recomputed_from_the_weights() -> None:
+    qat_model = _short_finetune(weight_quant="lsq", weight_narrow_range=False)
+    assert _agreement(qat_model) >= 0.999
+    layer = qat_model[-2]  # the QATLinear
+    w = layer.linear.weight.data  # (10, 1568)
+    expected = 2 * np.abs(w).mean(axis=1) / np.sqrt(1)  # qmax = 1
+    np.testing.assert_allclose(layer.weight_fake_quant.scale, expected, rtol=1e-6)
