@@ -34,6 +34,7 @@ from minquant.ptq.convert import (
     convert_group,
 )
 from minquant.ptq.fold import (
+    FUSED_ACTIVATIONS,
     PLAIN_LAYERS,
     LayerGroup,
     check_sequential,
@@ -155,7 +156,8 @@ def quantize_model(
     if reduce_range and act_bits < 3:
         raise ValueError(f"reduce_range needs act_bits >= 3, got {act_bits}")
     X_calib = _check_calibration(X_calib)
-    groups = [g.layers for g in group_layers(list(layers), "quantize_model")]
+    grouped = group_layers(list(layers), "quantize_model", activations=FUSED_ACTIVATIONS)
+    groups = [g.layers for g in grouped]
 
     def make_observer() -> object:
         return _activation_observer(observer, act_bits, reduce_range)
