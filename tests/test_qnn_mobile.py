@@ -175,3 +175,24 @@ def test_relu6_step_bit_exact_with_torch(mobile):
     with torch.no_grad():
         y_t = tmodel(t).int_repr().numpy().astype(int) - 128
     np.testing.assert_array_equal(y, y_t)
+
+
+def test_weight_codes_feed_the_integer_model(mobile):
+    """Codes given for a layer replace round-to-nearest there, and only there."""
+    from minquant.ptq import fold_batchnorm
+
+    model, X_calib, _, _ = mobile
+    folded = fold_batchnorm(model)
+    rtn = quantize_model(folded, X_calib[:200], weight_bits=4, per_channel=False)
+    index = 2  # folded: Conv2d, ReLU6, then the first depthwise Conv2d
+    codes = rtn.steps[1].module.w_q.copy()
+    codes[0, 0, 0, 0] = 7 if codes[0, 0, 0, 0] != 7 else 6
+    chosen = quantize_model(
+        folded, X_calib[:200], weight_bits=4, per_channel=False, weight_codes={index: codes}
+    )
+    np.testing.assert_array_equal(chosen.steps[1].module.w_q, codes)
+    np.testing.assert_array_equal(chosen.steps[2].module.w_t, rtn.steps[2].module.w_t)
+    with pytest.raises(ValueError, match="shape"):
+        quantize_model(folded, X_calib[:50], weight_codes={index: codes[:2]})
+    with pytest.raises(ValueError, match=r"\[-7, 7\]"):
+        quantize_model(folded, X_calib[:50], weight_bits=4, weight_codes={index: codes * 2})

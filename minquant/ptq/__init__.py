@@ -27,12 +27,15 @@ References:
 import numpy as np
 
 from minquant import nn, observers
+from minquant.ptq import bias_correction
+from minquant.ptq.adaround import AdaRoundConfig, adaround
 from minquant.ptq.convert import (
     _quantize_weight,
     activation_qparams,
     check_bits,
     convert_group,
 )
+from minquant.ptq.equalize import equalize
 from minquant.ptq.fold import (
     FUSED_ACTIVATIONS,
     PLAIN_LAYERS,
@@ -47,13 +50,17 @@ from minquant.qnn.requant import DEFAULT_ROUNDING, requantizer
 __all__ = [
     "OBSERVERS",
     "PLAIN_LAYERS",
+    "AdaRoundConfig",
     "LayerGroup",
     "QuantizedModel",
     "Step",
     "activation_qparams",
+    "adaround",
+    "bias_correction",
     "check_bits",
     "check_sequential",
     "convert_group",
+    "equalize",
     "fold_batchnorm",
     "group_layers",
     "quantize_model",
@@ -122,6 +129,7 @@ def quantize_model(
     requant: str = "fixedpoint",
     reduce_range: bool | None = None,
     rounding: str = DEFAULT_ROUNDING,
+    weight_codes: dict[int, np.ndarray] | None = None,
 ) -> QuantizedModel:
     r"""Post-training quantization of a float ``Sequential`` into an integer-only model.
 
@@ -134,6 +142,12 @@ def quantize_model(
     ``rounding`` applies to ``"fixedpoint"``: ``"single"`` (TFLite's single-rounding
     multiply, the default) or ``"double"`` (gemmlowp's reference, two roundings), see
     :func:`minquant.fixedpoint.multiply_by_quantized_multiplier`.
+
+    ``weight_codes`` replaces round-to-nearest by chosen integer codes, ``{index: w_q}``
+    with ``index`` a layer of the BatchNorm-folded model (``fold_batchnorm(model)``): the
+    codes that :func:`minquant.ptq.adaround` learns (``{i: r.w_q}``, computed with the same
+    ``weight_bits`` and ``per_channel``, hence the same scales). To apply CLE or bias
+    correction, pass the float model they return as ``model``.
 
     >>> rng = np.random.default_rng(0)
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8, rng=rng), nn.ReLU(),
@@ -170,6 +184,12 @@ def quantize_model(
         w_info = None
         if obs is not None:
             w_info = _quantize_weight(group[0].weight.data, weight_bits, per_channel)
+            index = next(i for i, layer in enumerate(layers) if layer is group[0])
+            if weight_codes is not None and index in weight_codes:
+                w_info = (
+                    _check_codes(weight_codes[index], w_info[0], index, weight_bits),
+                    w_info[1],
+                )
         module, sim = convert_group(group, x_qp, y_qp, w_info, requant, rounding)
         steps.append(Step(float_layers=group, module=module, sim_layer=sim, qparams=y_qp))
         x_qp = y_qp
@@ -183,3 +203,21 @@ def quantize_model(
         rounding=rounding,
     )
     return QuantizedModel(steps, input_qp, layers, config)
+
+
+def _check_codes(codes: np.ndarray, w_q: np.ndarray, index: int, weight_bits: int) -> np.ndarray:
+    """``codes`` as int8 if they fit the layer's weight shape and code range."""
+    qmax = 2 ** (weight_bits - 1) - 1
+    codes = np.asarray(codes)
+    if codes.shape != w_q.shape:
+        raise ValueError(
+            f"weight_codes[{index}] has shape {codes.shape}, the layer's weight {w_q.shape}"
+        )
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise TypeError(f"weight_codes[{index}] must be integer codes, got {codes.dtype}")
+    if codes.size and np.abs(codes.astype(np.int64)).max() > qmax:
+        raise ValueError(
+            f"weight_codes[{index}] holds codes up to {np.abs(codes).max()} in magnitude; "
+            f"{weight_bits}-bit narrow-range codes lie in [-{qmax}, {qmax}]"
+        )
+    return codes.astype(np.int8)
