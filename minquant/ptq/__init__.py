@@ -44,6 +44,7 @@ from minquant.ptq.fold import (
     fold_batchnorm,
     group_layers,
 )
+from minquant.ptq.sensitivity import sensitivity
 from minquant.qnn.model import QuantConfig, QuantizedModel, Step
 from minquant.qnn.requant import DEFAULT_ROUNDING, requantizer
 
@@ -64,6 +65,7 @@ __all__ = [
     "fold_batchnorm",
     "group_layers",
     "quantize_model",
+    "sensitivity",
 ]
 
 #: Activation observer classes by name (the weights always use a min/max observer).
