@@ -27,6 +27,10 @@ References:
 import numpy as np
 
 from minquant import nn, observers
+
+# NOTE: the functions equalize, adaround and sensitivity take the names of the submodules
+# that define them (mq.ptq.equalize(model) is the function); import other names from the
+# submodules directly: from minquant.ptq.equalize import absorb_bias.
 from minquant.ptq import bias_correction
 from minquant.ptq.adaround import AdaRoundConfig, adaround
 from minquant.ptq.convert import (
