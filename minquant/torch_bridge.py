@@ -256,6 +256,9 @@ def _gemm_to_torch(module: QuantizedModule) -> torch.nn.Module:
     torch = _torch()
     nnq, nniq = torch.ao.nn.quantized, torch.ao.nn.intrinsic.quantized
     if isinstance(module, (qnn.QuantizedConv2d, qnn.QuantizedDepthwiseConv2d)):
+        # NOTE: fbgemm's depthwise kernel adds pairs of u8 * i8 products in int16, which
+        # saturates for activation codes above 127; with reduce_range (7-bit activations, the
+        # default of requant="float") its codes equal minquant's exact int32 sums.
         cls = nniq.ConvReLU2d if module.relu else nnq.Conv2d
         out = cls(
             module.in_channels,

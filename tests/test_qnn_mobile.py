@@ -196,3 +196,32 @@ def test_weight_codes_feed_the_integer_model(mobile):
         quantize_model(folded, X_calib[:50], weight_codes={index: codes[:2]})
     with pytest.raises(ValueError, match=r"\[-7, 7\]"):
         quantize_model(folded, X_calib[:50], weight_bits=4, weight_codes={index: codes * 2})
+
+
+def _golden():
+    from pathlib import Path
+
+    return np.load(Path(__file__).parent / "fixtures" / "mobile_golden.npz")
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_depthwise_matches_torch_golden(i):
+    """Frozen fbgemm outputs (tests/fixtures/make_golden_mobile.py, torch 2.13)."""
+    g = _golden()
+    s_in, z_in, s_out, z_out = g[f"dw_qp{i}"]
+    stride, padding, relu6 = (int(v) for v in g[f"dw_sp{i}"])
+    x_qp = QParams(float(s_in), int(z_in), -128, 127)
+    y_qp = QParams(float(s_out), int(z_out), -128, 127)
+    layer = QuantizedDepthwiseConv2d(
+        g[f"dw_w{i}"], g[f"dw_ws{i}"], g[f"dw_b{i}"], x_qp, y_qp, stride, padding,
+        relu=bool(relu6), requant="float", upper=6.0 if relu6 else None,
+    )  # fmt: skip
+    np.testing.assert_array_equal(layer(g[f"dw_x{i}"]), g[f"dw_y{i}"])
+
+
+@pytest.mark.parametrize("j", range(3))
+def test_global_avg_pool_matches_torch_golden(j):
+    g = _golden()
+    scale, z = g[f"gap_qp{j}"]
+    pool = QuantizedGlobalAvgPool2d(QParams(float(scale), int(z), -128, 127), "float")
+    np.testing.assert_array_equal(pool(g[f"gap_x{j}"]), g[f"gap_y{j}"])
