@@ -89,12 +89,17 @@ def _layer_to_torch(layer: nn.Module) -> torch.nn.Module:
             layer.kernel_size,
             stride=layer.stride,
             padding=layer.padding,
+            groups=getattr(layer, "groups", 1),
             bias=layer.bias is not None,
         )
     elif isinstance(layer, nn.BatchNorm2d):
         out = tnn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
     elif isinstance(layer, nn.ReLU):
         return tnn.ReLU()
+    elif isinstance(layer, nn.ReLU6):
+        return tnn.ReLU6()
+    elif isinstance(layer, nn.GlobalAvgPool2d):
+        return tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Flatten())
     elif isinstance(layer, nn.MaxPool2d):
         return tnn.MaxPool2d(layer.kernel_size, stride=layer.stride)
     elif isinstance(layer, nn.Flatten):
@@ -102,7 +107,7 @@ def _layer_to_torch(layer: nn.Module) -> torch.nn.Module:
     else:
         raise ValueError(
             f"to_torch: unsupported layer {layer!r} (supported: Sequential, Linear, Conv2d, "
-            "BatchNorm2d, ReLU, MaxPool2d, Flatten)"
+            "BatchNorm2d, ReLU, ReLU6, GlobalAvgPool2d, MaxPool2d, Flatten)"
         )
     # NOTE: the parameter and buffer names are PyTorch's, so the state dicts match key by key
     # (BatchNorm's num_batches_tracked aside, which eval mode does not read).
@@ -114,8 +119,9 @@ def _layer_to_torch(layer: nn.Module) -> torch.nn.Module:
 def to_torch(model: nn.Module) -> torch.nn.Module:
     """The ``torch.nn`` twin of a minquant float model: same layers, same float32 weights.
 
-    The training/eval mode is copied too. Supported: ``Sequential``, ``Linear``, ``Conv2d``,
-    ``BatchNorm2d``, ``ReLU``, ``MaxPool2d``, ``Flatten``.
+    The training/eval mode is copied too. Supported: ``Sequential``, ``Linear``, ``Conv2d``
+    (``groups`` too), ``BatchNorm2d``, ``ReLU``, ``ReLU6``, ``MaxPool2d``, ``Flatten`` and
+    ``GlobalAvgPool2d`` (as ``AdaptiveAvgPool2d(1)`` then ``Flatten``).
 
     >>> import torch
     >>> from minquant.models import small_cnn
@@ -230,7 +236,10 @@ def _torch_weight(module: QuantizedModule) -> torch.Tensor:
     from minquant import qnn
 
     torch = _torch()
-    w_q = module.w_t.T.copy()  # (out, K): w_t is the transposed weight
+    if isinstance(module, qnn.QuantizedDepthwiseConv2d):
+        w_q = module.w_q.copy()  # (C, 1, k, k)
+    else:
+        w_q = module.w_t.T.copy()  # (out, K): w_t is the transposed weight
     if isinstance(module, qnn.QuantizedConv2d):
         k = module.kernel_size
         w_q = w_q.reshape(module.out_channels, module.in_channels, k, k)  # (O, C, k, k)
@@ -246,7 +255,10 @@ def _gemm_to_torch(module: QuantizedModule) -> torch.nn.Module:
 
     torch = _torch()
     nnq, nniq = torch.ao.nn.quantized, torch.ao.nn.intrinsic.quantized
-    if isinstance(module, qnn.QuantizedConv2d):
+    if isinstance(module, (qnn.QuantizedConv2d, qnn.QuantizedDepthwiseConv2d)):
+        # NOTE: fbgemm's depthwise kernel adds pairs of u8 * i8 products in int16, which
+        # saturates for activation codes above 127; with reduce_range (7-bit activations, the
+        # default of requant="float") its codes equal minquant's exact int32 sums.
         cls = nniq.ConvReLU2d if module.relu else nnq.Conv2d
         out = cls(
             module.in_channels,
@@ -254,6 +266,7 @@ def _gemm_to_torch(module: QuantizedModule) -> torch.nn.Module:
             module.kernel_size,
             stride=module.stride,
             padding=module.padding,
+            groups=getattr(module, "groups", 1),
         )
     else:
         cls = nniq.LinearReLU if module.relu else nnq.Linear
@@ -263,7 +276,16 @@ def _gemm_to_torch(module: QuantizedModule) -> torch.nn.Module:
     y_qp = module.output_qparams
     out.scale = float(y_qp.scale)
     out.zero_point = y_qp.zero_point + QUINT8_OFFSET
-    return out
+    if module.upper is None:
+        return out
+    if np.ndim(module.upper) != 0 or float(module.upper) != 6.0:
+        raise ValueError(
+            f"to_torch_quantized: a per-channel ClippedReLU has no torch.ao counterpart "
+            f"({module!r}); equalize with relu6='relu' or keep ReLU6"
+        )
+    # NOTE: quantized relu6 clamps to [z, quantize(6.0)] on the same qparams: after the
+    # conv's [0, 255] (and ReLU's z) clamp, the same codes as minquant's fused clamp.
+    return torch.nn.Sequential(out, nnq.ReLU6())
 
 
 def _step_to_torch(module: QuantizedModule) -> torch.nn.Module:
@@ -271,8 +293,12 @@ def _step_to_torch(module: QuantizedModule) -> torch.nn.Module:
     from minquant import qnn
 
     tnn = _torch().nn
-    if isinstance(module, (qnn.QuantizedConv2d, qnn.QuantizedLinear)):
+    if isinstance(module, (qnn.QuantizedConv2d, qnn.QuantizedDepthwiseConv2d, qnn.QuantizedLinear)):
         return _gemm_to_torch(module)
+    if isinstance(module, qnn.QuantizedGlobalAvgPool2d):
+        # NOTE: quantized adaptive_avg_pool2d keeps the input qparams and rounds the mean of
+        # the quint8 codes half to even, as QuantizedGlobalAvgPool2d(requant="float").
+        return tnn.Sequential(tnn.AdaptiveAvgPool2d(1), tnn.Flatten())
     if isinstance(module, qnn.QuantizedMaxPool2d):
         return tnn.MaxPool2d(module.kernel_size, stride=module.stride)
     if isinstance(module, qnn.QuantizedFlatten):
@@ -288,8 +314,10 @@ def to_torch_quantized(qmodel: QuantizedModel, engine: str = "x86") -> torch.nn.
     ``qmodel`` must use ``requant="float"`` (PyTorch's requantization; the fixed-point
     multipliers of ``"fixedpoint"`` have no ``torch.ao`` counterpart) and 8-bit activations.
     The result is a ``torch.nn.Sequential``: ``Quantize`` (quint8), one quantized module per
-    step (``Conv2d``/``ConvReLU2d``, ``Linear``/``LinearReLU``, ``MaxPool2d``, ``Flatten``),
-    ``DeQuantize``. Like ``qmodel`` it takes a float tensor and returns float logits;
+    step (``Conv2d``/``ConvReLU2d`` (``groups`` = C for a depthwise step), followed by
+    ``ReLU6`` where one is fused, ``Linear``/``LinearReLU``, ``MaxPool2d``, ``Flatten``,
+    ``AdaptiveAvgPool2d(1)`` + ``Flatten``), ``DeQuantize``. Like ``qmodel`` it takes a
+    float tensor and returns float logits;
     ``model[:-1](x).int_repr() - 128`` are the int8 logits of ``qmodel.forward_int``.
     Weights are packed for ``engine`` (the global engine setting is restored afterwards).
     NOTE: on Linux CPUs with AVX512-VNNI the ``"x86"`` engine runs convolutions on oneDNN

@@ -27,35 +27,49 @@ References:
 import numpy as np
 
 from minquant import nn, observers
+
+# NOTE: the functions equalize, adaround and sensitivity take the names of the submodules
+# that define them (mq.ptq.equalize(model) is the function); import other names from the
+# submodules directly: from minquant.ptq.equalize import absorb_bias.
+from minquant.ptq import bias_correction
+from minquant.ptq.adaround import AdaRoundConfig, adaround
 from minquant.ptq.convert import (
     _quantize_weight,
     activation_qparams,
     check_bits,
     convert_group,
 )
+from minquant.ptq.equalize import equalize
 from minquant.ptq.fold import (
+    FUSED_ACTIVATIONS,
     PLAIN_LAYERS,
     LayerGroup,
     check_sequential,
     fold_batchnorm,
     group_layers,
 )
+from minquant.ptq.sensitivity import sensitivity
 from minquant.qnn.model import QuantConfig, QuantizedModel, Step
 from minquant.qnn.requant import DEFAULT_ROUNDING, requantizer
 
 __all__ = [
     "OBSERVERS",
     "PLAIN_LAYERS",
+    "AdaRoundConfig",
     "LayerGroup",
     "QuantizedModel",
     "Step",
     "activation_qparams",
+    "adaround",
+    "bias_correction",
     "check_bits",
     "check_sequential",
     "convert_group",
+    "equalize",
     "fold_batchnorm",
     "group_layers",
     "quantize_model",
+    "sensitivity",
 ]
 
 #: Activation observer classes by name (the weights always use a min/max observer).
@@ -121,6 +135,7 @@ def quantize_model(
     requant: str = "fixedpoint",
     reduce_range: bool | None = None,
     rounding: str = DEFAULT_ROUNDING,
+    weight_codes: dict[int, np.ndarray] | None = None,
 ) -> QuantizedModel:
     r"""Post-training quantization of a float ``Sequential`` into an integer-only model.
 
@@ -133,6 +148,12 @@ def quantize_model(
     ``rounding`` applies to ``"fixedpoint"``: ``"single"`` (TFLite's single-rounding
     multiply, the default) or ``"double"`` (gemmlowp's reference, two roundings), see
     :func:`minquant.fixedpoint.multiply_by_quantized_multiplier`.
+
+    ``weight_codes`` replaces round-to-nearest by chosen integer codes, ``{index: w_q}``
+    with ``index`` a layer of the BatchNorm-folded model (``fold_batchnorm(model)``): the
+    codes that :func:`minquant.ptq.adaround` learns (``{i: r.w_q}``, computed with the same
+    ``weight_bits`` and ``per_channel``, hence the same scales). To apply CLE or bias
+    correction, pass the float model they return as ``model``.
 
     >>> rng = np.random.default_rng(0)
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8, rng=rng), nn.ReLU(),
@@ -155,7 +176,8 @@ def quantize_model(
     if reduce_range and act_bits < 3:
         raise ValueError(f"reduce_range needs act_bits >= 3, got {act_bits}")
     X_calib = _check_calibration(X_calib)
-    groups = [g.layers for g in group_layers(list(layers), "quantize_model")]
+    grouped = group_layers(list(layers), "quantize_model", activations=FUSED_ACTIVATIONS)
+    groups = [g.layers for g in grouped]
 
     def make_observer() -> object:
         return _activation_observer(observer, act_bits, reduce_range)
@@ -168,6 +190,12 @@ def quantize_model(
         w_info = None
         if obs is not None:
             w_info = _quantize_weight(group[0].weight.data, weight_bits, per_channel)
+            index = next(i for i, layer in enumerate(layers) if layer is group[0])
+            if weight_codes is not None and index in weight_codes:
+                w_info = (
+                    _check_codes(weight_codes[index], w_info[0], index, weight_bits),
+                    w_info[1],
+                )
         module, sim = convert_group(group, x_qp, y_qp, w_info, requant, rounding)
         steps.append(Step(float_layers=group, module=module, sim_layer=sim, qparams=y_qp))
         x_qp = y_qp
@@ -181,3 +209,21 @@ def quantize_model(
         rounding=rounding,
     )
     return QuantizedModel(steps, input_qp, layers, config)
+
+
+def _check_codes(codes: np.ndarray, w_q: np.ndarray, index: int, weight_bits: int) -> np.ndarray:
+    """``codes`` as int8 if they fit the layer's weight shape and code range."""
+    qmax = 2 ** (weight_bits - 1) - 1
+    codes = np.asarray(codes)
+    if codes.shape != w_q.shape:
+        raise ValueError(
+            f"weight_codes[{index}] has shape {codes.shape}, the layer's weight {w_q.shape}"
+        )
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise TypeError(f"weight_codes[{index}] must be integer codes, got {codes.dtype}")
+    if codes.size and np.abs(codes.astype(np.int64)).max() > qmax:
+        raise ValueError(
+            f"weight_codes[{index}] holds codes up to {np.abs(codes).max()} in magnitude; "
+            f"{weight_bits}-bit narrow-range codes lie in [-{qmax}, {qmax}]"
+        )
+    return codes.astype(np.int8)

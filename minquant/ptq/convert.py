@@ -16,7 +16,9 @@ from minquant import nn, observers
 from minquant.qnn import (
     QParams,
     QuantizedConv2d,
+    QuantizedDepthwiseConv2d,
     QuantizedFlatten,
+    QuantizedGlobalAvgPool2d,
     QuantizedLinear,
     QuantizedMaxPool2d,
     QuantizedReLU,
@@ -90,22 +92,27 @@ def convert_group(
 ) -> tuple[object, nn.Module | None]:
     """One step: its integer module and the float module with fake-quantized weights.
 
-    ``group`` is ``[Conv2d|Linear, ReLU?]`` or one ReLU/MaxPool2d/Flatten; ``x_qp`` and
-    ``y_qp`` quantize its input and output; ``w_info`` is ``(w_q, w_scale)`` for a
-    Conv2d/Linear (else None). Returns ``(module, sim_layer)``; ``sim_layer`` is None for
-    layers that map fake-quantized values to fake-quantized values.
+    ``group`` is ``[Conv2d|Linear, ReLU|ReLU6|ClippedReLU?]`` or one ReLU/MaxPool2d/
+    Flatten/GlobalAvgPool2d; ``x_qp`` and ``y_qp`` quantize its input and output; ``w_info``
+    is ``(w_q, w_scale)`` for a Conv2d/Linear (else None). A Conv2d with ``groups`` equal to
+    its channels becomes a depthwise convolution. Returns ``(module, sim_layer)``;
+    ``sim_layer`` is None for layers that map fake-quantized values to fake-quantized values.
     """
     layer, relu = group[0], len(group) == 2
+    upper = _upper_bound(group[1]) if relu else None
     if isinstance(layer, (nn.Conv2d, nn.Linear)):
         w_q, w_scale = w_info
         bias = None if layer.bias is None else layer.bias.data.astype(np.float32)
         gemm_args = (w_q, w_scale, bias, x_qp, y_qp)
-        if isinstance(layer, nn.Conv2d):
-            module = QuantizedConv2d(
-                *gemm_args, layer.stride, layer.padding, relu, requant, rounding
-            )
+        if isinstance(layer, nn.Linear):
+            module = QuantizedLinear(*gemm_args, relu, requant, rounding, upper=upper)
         else:
-            module = QuantizedLinear(*gemm_args, relu, requant, rounding)
+            conv_args = (layer.stride, layer.padding, relu, requant, rounding)
+            if getattr(layer, "groups", 1) > 1:
+                _check_depthwise(layer)
+                module = QuantizedDepthwiseConv2d(*gemm_args, *conv_args, upper=upper)
+            else:
+                module = QuantizedConv2d(*gemm_args, *conv_args, upper=upper)
         # NOTE: the simulation uses exactly the weights (and int32 bias) the integer model
         # uses, dequantized: w_q * s_w is fake_quantize(w) because z_w = 0.
         sim = copy.deepcopy(layer)
@@ -115,8 +122,29 @@ def convert_group(
         if sim_bias is not None:
             sim.bias = nn.Parameter(sim_bias)
         return module, sim
+    if isinstance(layer, nn.GlobalAvgPool2d):
+        # NOTE: the output keeps the input's qparams (PyTorch's convention), so the
+        # simulation rounds the float mean back onto the input grid.
+        return QuantizedGlobalAvgPool2d(x_qp, requant, rounding), copy.deepcopy(layer)
     if isinstance(layer, nn.MaxPool2d):
         return QuantizedMaxPool2d(layer.kernel_size, layer.stride), None
     if isinstance(layer, nn.Flatten):
         return QuantizedFlatten(), None
     return QuantizedReLU(x_qp.zero_point), None
+
+
+def _upper_bound(activation: nn.Module) -> float | np.ndarray | None:
+    """The real upper bound of a fused activation: 6.0 (ReLU6), per channel (ClippedReLU)."""
+    if isinstance(activation, nn.ReLU6):
+        return 6.0
+    if isinstance(activation, nn.ClippedReLU):
+        return activation.upper.astype(np.float32)  # (C,)
+    return None
+
+
+def _check_depthwise(layer: nn.Conv2d) -> None:
+    if not layer.groups == layer.in_channels == layer.out_channels:
+        raise ValueError(
+            f"quantize_model: grouped convolutions must be depthwise (groups = in = out "
+            f"channels), got {layer!r}"
+        )

@@ -6,7 +6,8 @@ $$w' = w \cdot \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}}, \qquad
 b' = (b - \mu)\,\frac{\gamma}{\sqrt{\sigma^2 + \epsilon}} + \beta.$$
 
 Grouping splits a layer list into the steps of an integer model: a Conv2d/Linear with the
-ReLU after it (the ReLU becomes the output clamp), or one layer on its own.
+ReLU after it (the ReLU becomes the output clamp; for PTQ also a ReLU6 or ClippedReLU, whose
+upper bound becomes a second clamp), or one layer on its own.
 
 Reference: B. Jacob et al., "Quantization and Training of Neural Networks for Efficient
 Integer-Arithmetic-Only Inference", CVPR 2018 (arXiv:1712.05877), section 3.2 (folding).
@@ -20,6 +21,7 @@ import numpy as np
 from minquant import nn
 
 __all__ = [
+    "FUSED_ACTIVATIONS",
     "PLAIN_LAYERS",
     "LayerGroup",
     "check_sequential",
@@ -29,7 +31,11 @@ __all__ = [
 
 
 #: Layers that stay a step of their own (no weights; they map codes to codes).
-PLAIN_LAYERS = (nn.ReLU, nn.MaxPool2d, nn.Flatten)
+PLAIN_LAYERS = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.GlobalAvgPool2d)
+
+#: Activations that fuse into the Conv2d/Linear before them as output clamps in PTQ
+#: (:func:`minquant.ptq.quantize_model`); QAT fuses ReLU only.
+FUSED_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.ClippedReLU)
 
 
 def check_sequential(model: nn.Module) -> list[nn.Module]:
@@ -94,14 +100,15 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
 class LayerGroup:
     """One step of a quantized model: a Conv2d/Linear with what follows it, or one layer.
 
-    ``layer`` is the Conv2d/Linear (or its QAT version), else a ReLU/MaxPool2d/Flatten on
-    its own; ``bn`` the BatchNorm2d after a Conv2d, ``relu`` the ReLU that becomes the output
-    clamp, ``output_quant`` the activation quantizer after them (QAT models only).
+    ``layer`` is the Conv2d/Linear (or its QAT version), else a ReLU/MaxPool2d/Flatten/
+    GlobalAvgPool2d on its own; ``bn`` the BatchNorm2d after a Conv2d, ``relu`` the ReLU
+    (or, in PTQ, ReLU6/ClippedReLU) that becomes the output clamp, ``output_quant`` the
+    activation quantizer after them (QAT models only).
     """
 
     layer: nn.Module
     bn: nn.BatchNorm2d | None = None
-    relu: nn.ReLU | None = None
+    relu: nn.Module | None = None
     output_quant: nn.Module | None = None
 
     @property
@@ -115,8 +122,12 @@ def group_layers(
     caller: str,
     gemm_types: tuple[type, ...] = (nn.Conv2d, nn.Linear),
     output_quant: type | None = None,
+    activations: tuple[type, ...] = (nn.ReLU,),
 ) -> list[LayerGroup]:
     """Split a layer list into steps: Conv2d/Linear -> BatchNorm2d? -> ReLU? (-> quantizer).
+
+    ``activations`` are the layer types that fuse as the ReLU of a step (PTQ passes
+    :data:`FUSED_ACTIVATIONS`, which adds ReLU6 and ClippedReLU).
 
     The one grouping of :func:`minquant.ptq.quantize_model` (after folding, so no BatchNorm),
     :func:`minquant.qat.prepare_qat` (on the float model) and :func:`minquant.qat.convert`
@@ -137,7 +148,7 @@ def group_layers(
             if isinstance(layer, nn.Conv2d) and _next_is(layers, i, nn.BatchNorm2d):
                 i += 1
                 group.bn = layers[i]
-            if _next_is(layers, i, nn.ReLU):
+            if _next_is(layers, i, activations):
                 i += 1
                 group.relu = layers[i]
             if output_quant is not None:
@@ -154,12 +165,15 @@ def group_layers(
         else:
             raise ValueError(
                 f"{caller}: unsupported layer at index {i}: {layer!r} (supported: Conv2d, "
-                "BatchNorm2d after a Conv2d, Linear, ReLU, MaxPool2d, Flatten)"
+                "BatchNorm2d after a Conv2d, Linear, "
+                + ", ".join(t.__name__ for t in activations[1:])
+                + (" after a Conv2d/Linear, " if len(activations) > 1 else "")
+                + "ReLU, MaxPool2d, Flatten, GlobalAvgPool2d)"
             )
         groups.append(group)
         i += 1
     return groups
 
 
-def _next_is(layers: list[nn.Module], i: int, kind: type) -> bool:
+def _next_is(layers: list[nn.Module], i: int, kind: type | tuple[type, ...]) -> bool:
     return i + 1 < len(layers) and isinstance(layers[i + 1], kind)

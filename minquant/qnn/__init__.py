@@ -9,6 +9,8 @@ takes and returns int8 arrays and does integer arithmetic only. One idea per mod
   and :class:`FloatRequant` (PyTorch x86), int32 accumulators -> int8 codes;
 * :mod:`minquant.qnn.layers`: :class:`QuantizedLinear`, :class:`QuantizedConv2d` and the
   layers that need no arithmetic (ReLU, max pooling, flatten);
+* :mod:`minquant.qnn.mobile`: :class:`QuantizedDepthwiseConv2d` and
+  :class:`QuantizedGlobalAvgPool2d` (MobileNet-like models);
 * :mod:`minquant.qnn.model`: :class:`QuantizedModel`, the chain that
   :func:`minquant.ptq.quantize_model` and :func:`minquant.qat.convert` build.
 """
@@ -21,6 +23,7 @@ from minquant.qnn.layers import (
     QuantizedMaxPool2d,
     QuantizedReLU,
 )
+from minquant.qnn.mobile import QuantizedDepthwiseConv2d, QuantizedGlobalAvgPool2d
 from minquant.qnn.model import QuantizedModel, Step
 from minquant.qnn.qparams import Dequantize, QParams, Quantize, QuantizedModule
 from minquant.qnn.requant import (
@@ -41,7 +44,9 @@ __all__ = [
     "QParams",
     "Quantize",
     "QuantizedConv2d",
+    "QuantizedDepthwiseConv2d",
     "QuantizedFlatten",
+    "QuantizedGlobalAvgPool2d",
     "QuantizedLinear",
     "QuantizedMaxPool2d",
     "QuantizedModel",

@@ -91,6 +91,7 @@ class _QuantizedGemm(QuantizedModule):
         relu: bool,
         requant: str,
         rounding: str,
+        upper: float | np.ndarray | None = None,
     ) -> None:
         name = type(self).__name__
         make_requant = requantizer(requant, rounding)
@@ -109,11 +110,14 @@ class _QuantizedGemm(QuantizedModule):
         self.input_qparams, self.output_qparams = input_qparams, output_qparams
         self.w_scale = w_scale.copy()  # (N,) for export and reports; forward does not read it
         self.relu = bool(relu)
+        self.upper = upper  # a fused ReLU6 / ClippedReLU's real upper bound, else None
         self.in_features, self.out_features = k, n_out
         # NOTE: matmul_int8(A, B) reads B through B^T (N, K) with contiguous rows: a (K, N)
         # view of the row-major (N, K) weights is exactly that layout, so no call copies it.
         self.w_t = np.ascontiguousarray(w2d).T  # (K, N) transposed view of the (N, K) rows
-        self.requant = make_requant(w2d, self.w_scale, bias, input_qparams, output_qparams, relu)
+        self.requant = make_requant(
+            w2d, self.w_scale, bias, input_qparams, output_qparams, relu, upper=upper
+        )
         self.int8_path, self.int8_offset = int8_path(input_qparams)
         # The weights once more, packed for the SIMD inner loop (None on the plain path): a
         # cache derived from w_t, which stays the layer's weights (``arrays`` does not list it).
@@ -188,10 +192,13 @@ class QuantizedLinear(_QuantizedGemm):
         relu: bool = False,
         requant: str = "fixedpoint",
         rounding: str = DEFAULT_ROUNDING,
+        upper: float | np.ndarray | None = None,
     ) -> None:
         if w_q.ndim != 2:
             raise ValueError(f"QuantizedLinear: w_q must be (out, in), got shape {w_q.shape}")
-        super().__init__(w_q, w_scale, bias, input_qparams, output_qparams, relu, requant, rounding)
+        super().__init__(
+            w_q, w_scale, bias, input_qparams, output_qparams, relu, requant, rounding, upper
+        )
 
     def forward(self, x_q: np.ndarray) -> np.ndarray:
         check_int8("QuantizedLinear: x_q", x_q, ndim=2)
@@ -236,10 +243,13 @@ class QuantizedConv2d(_QuantizedGemm):
         relu: bool = False,
         requant: str = "fixedpoint",
         rounding: str = DEFAULT_ROUNDING,
+        upper: float | np.ndarray | None = None,
     ) -> None:
         if w_q.ndim != 4 or w_q.shape[2] != w_q.shape[3]:
             raise ValueError(f"QuantizedConv2d: w_q must be (out, in, k, k), got shape {w_q.shape}")
-        super().__init__(w_q, w_scale, bias, input_qparams, output_qparams, relu, requant, rounding)
+        super().__init__(
+            w_q, w_scale, bias, input_qparams, output_qparams, relu, requant, rounding, upper
+        )
         self.in_channels, self.out_channels = w_q.shape[1], w_q.shape[0]
         self.kernel_size, self.stride, self.padding = w_q.shape[2], int(stride), int(padding)
 

@@ -15,7 +15,10 @@ then maps accumulators to codes, ``requant(acc) -> int8``. Two versions:
 * :class:`FloatRequant` (PyTorch x86/fbgemm): float32 $M_n$ and a float32 bias, bit-exact with
   ``torch.ao`` quantized modules.
 
-A fused ReLU is the clamp at the code of 0.0, $y_q \ge z_y$.
+A fused ReLU is the clamp at the code of 0.0, $y_q \ge z_y$; a fused ReLU6 (or a ClippedReLU,
+one bound $u_c$ per channel) adds the clamp at the code of its upper bound,
+$y_q \le z_y + \mathrm{round}(u_c / s_y)$, as PyTorch's quantized ``relu6`` and TFLite's fused
+``RELU6`` activation do.
 
 References:
 
@@ -87,16 +90,43 @@ class _Requant:
 
     name = ""
 
-    def __init__(self, input_qparams: QParams, output_qparams: QParams, relu: bool) -> None:
+    def __init__(
+        self,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool,
+        upper: float | np.ndarray | None = None,
+    ) -> None:
         self.input_qparams, self.output_qparams = input_qparams, output_qparams
         y_qp = output_qparams
+        if upper is not None and not relu:
+            raise ValueError("upper (a bounded ReLU's upper bound) needs relu=True")
         # NOTE: ReLU is the clamp at the code of 0.0; the observer saw only y >= 0, so this
         # is usually qmin already, but the clamp makes the fusion exact in every case.
         self.qmin = max(y_qp.qmin, y_qp.zero_point) if relu else y_qp.qmin
         self.qmax = y_qp.qmax
+        # A bounded ReLU: one scalar bound joins the kernel's clamp; per-channel bounds
+        # (ClippedReLU) are a second clamp after it, min(clamp(v), u_c) = clamp to min(.., u_c).
+        self.upper_q = None if upper is None else self._upper_codes(upper)  # (N,) or (1,)
+        if self.upper_q is not None:
+            self.qmax = min(self.qmax, int(self.upper_q.max()))
+            if np.all(self.upper_q >= self.qmax):
+                self.upper_q = None
         # NOTE: checked here, once: the kernels below are called without their own checks.
         self._clamp = (int(y_qp.zero_point), int(self.qmin), int(self.qmax))
         self._pad_value = int(input_qparams.zero_point)
+
+    def _upper_codes(self, upper: float | np.ndarray) -> np.ndarray:
+        """The codes of the upper bounds (the rounding is each version's), clipped to range."""
+        raise NotImplementedError
+
+    def _clamp_upper(self, y_q: np.ndarray, axis: int) -> np.ndarray:
+        """The per-channel upper clamp (ClippedReLU) along ``axis`` of ``y_q``, if any."""
+        if self.upper_q is None:
+            return y_q
+        shape = [1] * y_q.ndim
+        shape[axis] = -1
+        return np.minimum(y_q, self.upper_q.astype(np.int8).reshape(shape))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The per-channel arrays ``__call__`` reads."""
@@ -110,10 +140,11 @@ class _Requant:
 
         int8 (N, O, Ho, Wo); see :func:`minquant.kernels.vnni_conv.conv2d_packed`.
         """
-        return conv2d_packed(
+        y_q = conv2d_packed(
             x_q, packed, kernel_size, stride, padding, self._pad_value, path, offset, self.name,
             self._fused_args(),
         )  # fmt: skip
+        return self._clamp_upper(y_q, axis=1)
 
     def _fused_args(self) -> tuple:
         """The operands of the fused kernels, in the order of ``conv2d_packed``'s kernel."""
@@ -150,8 +181,9 @@ class FixedPointRequant(_Requant):
         output_qparams: QParams,
         relu: bool = False,
         rounding: str = DEFAULT_ROUNDING,
+        upper: float | np.ndarray | None = None,
     ) -> None:
-        super().__init__(input_qparams, output_qparams, relu)
+        super().__init__(input_qparams, output_qparams, relu, upper)
         x_qp, y_qp = input_qparams, output_qparams
         w2d = w_q.reshape(w_q.shape[0], -1)  # (N, K)
         n_out = w2d.shape[0]
@@ -190,16 +222,26 @@ class FixedPointRequant(_Requant):
         r"""The real bias the integers add, $b_q\, s_x s_w$: float64 (N,), for the simulation."""
         return self.bias_q * self.acc_scale
 
+    def _upper_codes(self, upper: float | np.ndarray) -> np.ndarray:
+        # NOTE: TFLite's CalculateActivationRangeQuantized: z + round(u / s) in float32,
+        # rounded half away from zero (TfLiteRound).
+        y_qp = self.output_qparams
+        ratio = np.atleast_1d(np.float32(upper) / np.float32(y_qp.scale))  # (N,) or (1,)
+        code = y_qp.zero_point + np.sign(ratio) * np.floor(np.abs(ratio) + 0.5)
+        return np.clip(code, y_qp.qmin, y_qp.qmax).astype(np.int64)
+
     def __call__(self, acc: np.ndarray) -> np.ndarray:
         """int32 (M, N) raw accumulators -> int8 (M, N)."""
-        return requantize_fixedpoint_trusted(acc, *self._kernel_args, *self._clamp, self._single)
+        y_q = requantize_fixedpoint_trusted(acc, *self._kernel_args, *self._clamp, self._single)
+        return self._clamp_upper(y_q, axis=1)
 
     def conv2d(self, x_q: np.ndarray, w_q: np.ndarray, stride: int, padding: int) -> np.ndarray:
         """The fused direct convolution with this requantization: int8 (N, O, Ho, Wo)."""
-        return conv2d_requantize_fixedpoint_trusted(
+        y_q = conv2d_requantize_fixedpoint_trusted(
             x_q, w_q, *self._kernel_args, (stride, stride), (padding, padding), self._pad_value,
             *self._clamp, self._single,
         )  # fmt: skip
+        return self._clamp_upper(y_q, axis=1)
 
     def _fused_args(self) -> tuple:
         return (*self._kernel_args, *self._clamp, self._single)
@@ -229,8 +271,9 @@ class FloatRequant(_Requant):
         input_qparams: QParams,
         output_qparams: QParams,
         relu: bool = False,
+        upper: float | np.ndarray | None = None,
     ) -> None:
-        super().__init__(input_qparams, output_qparams, relu)
+        super().__init__(input_qparams, output_qparams, relu, upper)
         x_qp = input_qparams
         w2d = w_q.reshape(w_q.shape[0], -1)  # (N, K)
         # NOTE: float32 product, as fbgemm's act_times_w_scale; the zero-point term is
@@ -260,17 +303,27 @@ class FloatRequant(_Requant):
         """None: the float32 requantization adds the float bias itself, unchanged."""
         return None
 
+    def _upper_codes(self, upper: float | np.ndarray) -> np.ndarray:
+        # NOTE: PyTorch's quantized relu6 clamps at quantize_val(6.0): z + rint(6 * (1 / s))
+        # with the inverse scale in float32, rounded half to even.
+        y_qp = self.output_qparams
+        inv_scale = np.float32(1.0) / np.float32(y_qp.scale)
+        code = y_qp.zero_point + np.rint(np.atleast_1d(np.float32(upper)) * inv_scale)  # (N,)
+        return np.clip(code, y_qp.qmin, y_qp.qmax).astype(np.int64)
+
     def __call__(self, acc: np.ndarray) -> np.ndarray:
         """int32 (M, N) raw accumulators -> int8 (M, N); ``acc`` is overwritten."""
         acc -= self.zp_correction  # (M, N) int32, exact: bounded when the layer was built
-        return requantize_float_trusted(acc, *self._kernel_args, *self._clamp)
+        y_q = requantize_float_trusted(acc, *self._kernel_args, *self._clamp)
+        return self._clamp_upper(y_q, axis=1)
 
     def conv2d(self, x_q: np.ndarray, w_q: np.ndarray, stride: int, padding: int) -> np.ndarray:
         """The fused direct convolution with this requantization: int8 (N, O, Ho, Wo)."""
-        return conv2d_requantize_float_trusted(
+        y_q = conv2d_requantize_float_trusted(
             x_q, w_q, self.zp_correction, *self._kernel_args, (stride, stride), (padding, padding),
             self._pad_value, *self._clamp,
         )  # fmt: skip
+        return self._clamp_upper(y_q, axis=1)
 
 
 #: The requantization versions by name, as ``quantize_model(requant=...)`` takes them.
@@ -283,7 +336,7 @@ def requantizer(
     """The requantizer class named ``requant`` (``rounding`` bound for ``"fixedpoint"``).
 
     The one place a name becomes a class; call the result with (w_q, w_scale, bias,
-    input_qparams, output_qparams, relu).
+    input_qparams, output_qparams, relu) and optionally ``upper=`` (a bounded ReLU's bound).
 
     >>> requantizer("float")
     <class 'minquant.qnn.requant.FloatRequant'>
