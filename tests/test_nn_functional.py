@@ -90,3 +90,10 @@ def test_col2im_is_the_adjoint_of_im2col():
         lhs = np.sum(cols * d)
         rhs = np.sum(x * col2im(d, x.shape, k, s, p))
         assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+def test_col2im_checks_kernel_size_against_the_patches():
+    x = np.ones((1, 2, 5, 5))
+    dcols = im2col(x, 3, 1, 0)  # (2, 3, 3, 1, 3, 3)
+    with pytest.raises(ValueError, match=r"kernel_size 2, got \(2, 3, 3, 1, 3, 3\)"):
+        col2im(dcols, x.shape, 2, 1, 0)

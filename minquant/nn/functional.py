@@ -67,8 +67,13 @@ def col2im(
     [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
     """
     n, c, h, w = input_shape
-    _, k, _, _, h_out, w_out = dcols.shape
-    s, p = stride, padding
+    k, s, p = kernel_size, stride, padding
+    h_out, w_out = dcols.shape[4:]
+    if dcols.shape[:4] != (c, k, k, n):
+        raise ValueError(
+            f"dcols must have shape (C, k, k, N, Ho, Wo) = ({c}, {k}, {k}, {n}, ...) for "
+            f"input_shape {tuple(input_shape)} and kernel_size {k}, got {dcols.shape}"
+        )
     dx = np.zeros((c, n, h + 2 * p, w + 2 * p), dtype=dcols.dtype)  # (C, N, H', W'), padded
     # NOTE: a loop over the k*k kernel offsets (9 for a 3x3 kernel), never over the batch.
     for i in range(k):
