@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -82,11 +83,14 @@ def awq_search(
     group_size: int | None,
     n_grid: int = 20,
     symmetric: bool = False,
+    forward: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""The grid $\alpha_k = k / (n - 1)$ and the output error of each, ``(alphas, errors)``.
 
     ``errors[k]`` is $\lVert X W^\top - (X/s)\, Q(W s)^\top \rVert^2$ (float64) with
     $s$ = :func:`scales_for` ``(s_x, alphas[k])``; ``errors[0]`` is round to nearest's.
+    ``forward(w_hat)``, when given, is the output of a larger block (attention, MLP) whose
+    layers use the weight ``w_hat`` in place of ``w``: its error replaces the layer's.
     """
     group = check_layer(w, X, group_size)
     if n_grid < 2:
@@ -94,14 +98,19 @@ def awq_search(
     w = np.asarray(w, np.float32)  # (out, in)
     X = np.asarray(X, np.float64)  # (N, in)
     s_x = activation_magnitude(X)  # (in,)
-    y = X @ w.T.astype(np.float64)  # (N, out)
+    if forward is None:
+
+        def forward(w_hat: np.ndarray) -> np.ndarray:
+            return X @ w_hat.T.astype(np.float64)  # (N, out)
+
+    y = forward(w)
     alphas = np.linspace(0.0, 1.0, n_grid)  # (n_grid,)
     errors = np.zeros(n_grid)
     for k, alpha in enumerate(alphas):
         s = scales_for(s_x, alpha)  # (in,)
         # NOTE: w * s is rounded to float32, as the folded weight is stored.
         w_hat = rtn_weight((w * s).astype(np.float32), bits, group, symmetric) / s  # (out, in)
-        errors[k] = np.sum((y - X @ w_hat.T) ** 2)
+        errors[k] = np.sum((np.asarray(y, np.float64) - forward(w_hat)) ** 2)
     return alphas, errors
 
 
@@ -132,20 +141,41 @@ def awq_scales(
     return scales_for(activation_magnitude(X), alphas[int(np.argmin(errors))])
 
 
-def awq_pairs(model: TransformerLM) -> list[tuple[Module, list[Linear]]]:
-    """``(producer, consumers)``: the layer whose output is the consumers' shared input.
+def awq_pairs(model: TransformerLM) -> list[tuple[Module, list[Linear], Module]]:
+    """``(producer, consumers, block)``: who makes the consumers' shared input, whose output counts.
 
-    The producer is an RMSNorm (its weight absorbs $1/s$) or a Linear (its rows do).
+    The producer is an RMSNorm (its weight absorbs $1/s$) or a Linear (its rows do); the
+    search minimises the error of ``block``'s output (the attention for q, k, v; the MLP for
+    gate and up; the layer itself otherwise), as the reference does.
     """
-    pairs: list[tuple[Module, list[Linear]]] = []
+    pairs: list[tuple[Module, list[Linear], Module]] = []
     for block in model.layers:
         attn, mlp = block.attn, block.mlp
-        pairs.append((block.attn_norm, [attn.wq, attn.wk, attn.wv]))
-        pairs.append((attn.wv, [attn.wo]))  # wo's input channel j is value channel j
-        pairs.append((block.ffn_norm, [mlp.w1, mlp.w3]))
-        pairs.append((mlp.w3, [mlp.w2]))  # w2's input is silu(w1 x) * (w3 x)
-    pairs.append((model.norm, [model.output]))
+        pairs.append((block.attn_norm, [attn.wq, attn.wk, attn.wv], attn))
+        pairs.append((attn.wv, [attn.wo], attn.wo))  # wo's input channel j is value channel j
+        pairs.append((block.ffn_norm, [mlp.w1, mlp.w3], mlp))
+        pairs.append((mlp.w3, [mlp.w2], mlp.w2))  # w2's input is silu(w1 x) * (w3 x)
+    pairs.append((model.norm, [model.output], model.output))
     return pairs
+
+
+def block_forward(
+    block: Module, consumers: list[Linear], x: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``forward(w_hat)``: ``block(x)`` with the consumers' stacked weight set to ``w_hat``."""
+    originals = [layer.weight.data for layer in consumers]
+    splits = np.cumsum([len(w) for w in originals])[:-1]
+
+    def forward(w_hat: np.ndarray) -> np.ndarray:
+        for layer, piece in zip(consumers, np.split(w_hat, splits), strict=True):
+            layer.weight.data = np.asarray(piece, np.float32)
+        try:
+            return np.asarray(block(x), np.float64).reshape(-1)
+        finally:
+            for layer, w in zip(consumers, originals, strict=True):
+                layer.weight.data = w
+
+    return forward
 
 
 def awq_scale_model(
@@ -155,8 +185,11 @@ def awq_scale_model(
     group_size: int | None,
     n_grid: int = 20,
     symmetric: bool = False,
-) -> TransformerLM:
-    """A float copy of ``model`` with AWQ's scales folded in (the same function).
+) -> tuple[TransformerLM, list[tuple[str, list[str], np.ndarray]]]:
+    """A float copy of ``model`` with AWQ's scales folded in (the same function), and the plan.
+
+    The plan lists ``(producer name, consumer names, s)``: the consumers' input columns were
+    multiplied by ``s`` and the producer's output divided by it.
 
     Every search uses the inputs and weights of the original model; the rescalings are
     exact, so applying them afterwards, in any order, changes no layer's input or output
@@ -168,11 +201,16 @@ def awq_scale_model(
             f"{type(model).__name__}"
         )
     scaled = copy.deepcopy(model).eval()
+    X_calib = np.asarray(X_calib)
     inputs = _linear_inputs(scaled, X_calib)  # id(Linear) -> (tokens, in)
     plan = []
-    for producer, consumers in awq_pairs(scaled):
+    for producer, consumers, block in awq_pairs(scaled):
         w = np.concatenate([layer.weight.data for layer in consumers], axis=0)  # (sum out, in)
-        s = awq_scales(w, inputs[id(consumers[0])], bits, group_size, n_grid, symmetric)
+        X = inputs[id(consumers[0])]  # (B*T, in)
+        x = X if isinstance(block, Linear) else X.reshape(*X_calib.shape, -1)  # (B, T, in)
+        forward = block_forward(block, consumers, x)
+        alphas, errors = awq_search(w, X, bits, group_size, n_grid, symmetric, forward)
+        s = scales_for(activation_magnitude(X), alphas[int(np.argmin(errors))])
         plan.append((producer, consumers, s))
     for producer, consumers, s in plan:
         for layer in consumers:
@@ -182,7 +220,8 @@ def awq_scale_model(
         else:
             rows = producer.weight.data / s[:, None]  # (in, in_prev): output rows / s
             producer.weight.data = rows.astype(np.float32)
-    return scaled
+    names = {id(module): name for name, module in scaled.named_modules()}
+    return scaled, [(names[id(p)], [names[id(c)] for c in cs], s) for p, cs, s in plan]
 
 
 def quantize_model_awq(
@@ -195,7 +234,7 @@ def quantize_model_awq(
     """AWQ: fold the searched scales into the float model, then round to nearest per group."""
     if X_calib is None:
         raise ValueError("method 'awq' needs calibration inputs: pass X_calib")
-    scaled = awq_scale_model(model, X_calib, bits, group_size, symmetric=symmetric)
+    scaled, _ = awq_scale_model(model, X_calib, bits, group_size, symmetric=symmetric)
     return quantize_weights(scaled, bits, group_size, "rtn", symmetric)
 
 
