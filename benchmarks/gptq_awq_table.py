@@ -37,14 +37,22 @@ NUM_VAL = 16_385
 METHODS = ("rtn", "gptq", "gptq_act_order", "awq")
 
 
-def layer_errors(float_model, qmodel) -> dict[str, float]:
-    """Per-layer ||X (W - W_hat)^T||^2 with X the float model's calibration inputs."""
+def layer_errors(float_model, qmodel, plan=()) -> dict[str, float]:
+    """Per-layer ||X (W - W_hat)^T||^2 with X the float model's calibration inputs.
+
+    For AWQ, W_hat is the stored weight with the folded scales undone (``plan``): the
+    columns divided by the consumer's s, the rows multiplied by the producer's s.
+    """
     inputs = _linear_inputs(float_model, CALIB)
     qlayers = dict(qmodel.named_modules())
+    columns = {name: s for _, consumers, s in plan for name in consumers}
+    rows = {producer: s for producer, _, s in plan}
     errors = {}
     for name, layer in float_model.named_modules():
         if type(layer) is Linear:
-            diff = layer.weight.data - qlayers[name].dequantized_weight()  # (out, in)
+            w_hat = qlayers[name].dequantized_weight().astype(np.float64)  # (out, in)
+            w_hat = w_hat / columns.get(name, 1.0) * rows.get(name, np.ones(1))[:, None]
+            diff = layer.weight.data - w_hat  # (out, in)
             errors[name] = float(np.sum((inputs[id(layer)].astype(np.float64) @ diff.T) ** 2))
     return errors
 
@@ -65,15 +73,14 @@ def main() -> None:
         for method in METHODS:
             start = time.process_time()
             if method == "awq":
-                scaled = awq_scale_model(lm, CALIB, bits, group_size)
+                scaled, plan = awq_scale_model(lm, CALIB, bits, group_size)
                 qlm = quantize_weights(scaled, bits, group_size, "rtn")
-                reference = scaled
             else:
                 qlm = quantize_weights(lm, bits, group_size, method, X_calib=CALIB)
-                reference = lm
+                plan = ()
             seconds = time.process_time() - start
             rows[method] = (perplexity(qlm, val), seconds)
-            errors[method] = layer_errors(reference, qlm)
+            errors[method] = layer_errors(lm, qlm, plan)
         salient = perplexity(keep_salient_channels(lm, CALIB, bits, group_size), val)
         gap = rows["rtn"][0] - ppl_float
         print(
@@ -82,7 +89,7 @@ def main() -> None:
         )
         print(
             "| method | perplexity | gap recovered | vs float | layer error / RTN "
-            "(median, max) | calibration s |"
+            "(median, max) | calibration CPU s |"
         )
         print("|---|---|---|---|---|---|")
         for method in METHODS:

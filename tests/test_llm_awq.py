@@ -22,7 +22,7 @@ from minquant.nn import Linear, ReLU, Sequential
 def tiny():
     lm = mq.models.load_pretrained("tiny_lm")
     tokens = mq.data.encode(mq.data.load_text("train"))
-    return lm, calibration_batch(tokens, 4, 128, np.random.default_rng(0))
+    return lm, calibration_batch(tokens, 2, 64, np.random.default_rng(0))
 
 
 def hot_layer(seed=0):
@@ -74,7 +74,7 @@ def test_scaled_model_computes_the_same_function(tiny):
         "layers.0.attn_norm",
         ["layers.0.attn.wq", "layers.0.attn.wk", "layers.0.attn.wv"],
     )
-    tokens = calib[:2, :64]
+    tokens = calib
     want, got = lm(tokens), scaled(tokens)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
     changed = [
