@@ -4,7 +4,10 @@ Names are loaded on first use (PEP 562), so ``import minquant.llm`` compiles not
 
 * :mod:`minquant.llm.lm`: ``perplexity``, ``next_token_loss``, ``generate``;
 * :mod:`minquant.llm.weight_only`: ``quantize_weights``, ``WeightOnlyLinear`` and the registry
-  of weight quantizers (``WEIGHT_QUANTIZERS``, the ``method=`` hook).
+  of weight quantizers (``WEIGHT_QUANTIZERS``, the ``method=`` hook);
+* :mod:`minquant.llm.gptq_quant`: ``gptq`` (one layer; ``method="gptq"`` for a model);
+* :mod:`minquant.llm.awq`: ``awq_scales`` (one layer; ``method="awq"`` for a model) and
+  ``keep_salient_channels`` (the 1% salient-channel experiment).
 
 >>> import numpy as np
 >>> import minquant as mq
@@ -24,6 +27,9 @@ _LAZY = {
     "quantize_weights": "weight_only",
     "WeightOnlyLinear": "weight_only",
     "WEIGHT_QUANTIZERS": "weight_only",
+    "gptq": "gptq_quant",
+    "awq_scales": "awq",
+    "keep_salient_channels": "awq",
 }
 
 

@@ -110,6 +110,10 @@ def scale_to_float16(scale: np.ndarray) -> np.ndarray:
 #: Weight quantization methods by name: ``quantize_weights(model, method=name)``.
 WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {"rtn": quantize_rtn}
 
+#: Methods that need the whole model, not one layer (sequential calibration, scales folded
+#: between layers): name -> (model, bits, group_size, symmetric, X_calib) -> quantized copy.
+MODEL_QUANTIZERS: dict[str, Callable[..., Module]] = {}
+
 
 class WeightOnlyLinear(Module):
     r"""A ``Linear`` whose weight is stored as packed codes + float16 group scales.
@@ -303,9 +307,12 @@ def quantize_weights(
     >>> bool(np.abs(qmodel(x) - model(x)).max() < 0.1)
     True
     """
-    if method not in WEIGHT_QUANTIZERS:
-        raise ValueError(f"method must be one of {sorted(WEIGHT_QUANTIZERS)}, got {method!r}")
+    methods = sorted({*WEIGHT_QUANTIZERS, *MODEL_QUANTIZERS})
+    if method not in methods:
+        raise ValueError(f"method must be one of {methods}, got {method!r}")
     weight_qrange(bits, symmetric)  # validates bits
+    if method in MODEL_QUANTIZERS:
+        return MODEL_QUANTIZERS[method](model, bits, group_size, symmetric, X_calib)
     qmodel = copy.deepcopy(model)
     inputs = {} if X_calib is None else _linear_inputs(qmodel, X_calib)
     for module in list(qmodel.modules()):
@@ -316,3 +323,8 @@ def quantize_weights(
                 )
                 setattr(module, name, layer)
     return qmodel.eval()
+
+
+# NOTE: GPTQ and AWQ register themselves in the tables above; their modules import this
+# one, so these imports stay last.
+from minquant.llm import awq, gptq_quant  # noqa: E402, F401
