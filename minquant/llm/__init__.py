@@ -4,7 +4,9 @@ Names are loaded on first use (PEP 562), so ``import minquant.llm`` compiles not
 
 * :mod:`minquant.llm.lm`: ``perplexity``, ``next_token_loss``, ``generate``;
 * :mod:`minquant.llm.weight_only`: ``quantize_weights``, ``WeightOnlyLinear`` and the registry
-  of weight quantizers (``WEIGHT_QUANTIZERS``, the ``method=`` hook).
+  of weight quantizers (``WEIGHT_QUANTIZERS``, the ``method=`` hook);
+* :mod:`minquant.llm.formats`: ``FormatLinear``, a weight stored in a number format
+  (``quantize_weights(model, format="q4_0")``).
 
 >>> import numpy as np
 >>> import minquant as mq
@@ -24,6 +26,7 @@ _LAZY = {
     "quantize_weights": "weight_only",
     "WeightOnlyLinear": "weight_only",
     "WEIGHT_QUANTIZERS": "weight_only",
+    "FormatLinear": "formats",
 }
 
 
