@@ -8,6 +8,8 @@ Names are loaded on first use (PEP 562), so ``import minquant.llm`` compiles not
 * :mod:`minquant.llm.gptq_quant`: ``gptq`` (one layer; ``method="gptq"`` for a model);
 * :mod:`minquant.llm.awq`: ``awq_scales`` (one layer; ``method="awq"`` for a model) and
   ``keep_salient_channels`` (the 1% salient-channel experiment).
+* :mod:`minquant.llm.formats`: ``FormatLinear``, a weight stored in a number format
+  (``quantize_weights(model, format="q4_0")``).
 
 >>> import numpy as np
 >>> import minquant as mq
@@ -30,6 +32,7 @@ _LAZY = {
     "gptq": "gptq_quant",
     "awq_scales": "awq",
     "keep_salient_channels": "awq",
+    "FormatLinear": "formats",
 }
 
 

@@ -283,19 +283,33 @@ def _linear_inputs(model: Module, X_calib: np.ndarray) -> dict[int, np.ndarray]:
     return inputs
 
 
+class _Default(int):
+    """An int default that ``quantize_weights`` tells apart from the same value passed."""
+
+
+_DEFAULT_BITS, _DEFAULT_GROUP_SIZE = _Default(4), _Default(64)
+
+
 def quantize_weights(
     model: Module,
-    bits: int = 4,
-    group_size: int | None = 64,
+    bits: int = _DEFAULT_BITS,
+    group_size: int | None = _DEFAULT_GROUP_SIZE,
     method: str = "rtn",
     symmetric: bool = False,
     X_calib: np.ndarray | None = None,
+    format: str | None = None,
 ) -> Module:
     """A copy of ``model`` with every ``nn.Linear`` replaced by a :class:`WeightOnlyLinear`.
 
-    ``method`` names a function of :data:`WEIGHT_QUANTIZERS` (``"rtn"``); ``X_calib``, a
-    batch of model inputs, gives each layer its calibration inputs for methods that use
-    them. ``group_size=None`` quantizes per output channel. The input model is not changed.
+    ``method`` is ``"rtn"``, ``"gptq"``, ``"gptq_act_order"`` or ``"awq"`` (the functions of
+    :data:`WEIGHT_QUANTIZERS` and :data:`MODEL_QUANTIZERS`); ``X_calib``, a batch of model
+    inputs, gives each layer its calibration inputs for methods that use them.
+    ``group_size=None`` quantizes per output channel. The input model is not changed.
+
+    ``format`` (one of :data:`minquant.formats.WEIGHT_FORMATS`: ``"q4_0"``, ``"nf4"``,
+    ``"mxfp4"``, ``"fp8_e4m3"``, ``"ternary"``, ...) stores every weight in that number
+    format instead (:class:`minquant.llm.formats.FormatLinear`); it fixes the bits and the
+    block size, so it cannot be combined with ``bits`` or ``group_size``.
 
     >>> from minquant.nn import ReLU, Sequential
     >>> rng = np.random.default_rng(0)
@@ -307,6 +321,16 @@ def quantize_weights(
     >>> bool(np.abs(qmodel(x) - model(x)).max() < 0.1)
     True
     """
+    if format is not None:
+        pairs = (("bits", bits), ("group_size", group_size))
+        given = [f"{name}={value!r}" for name, value in pairs if not isinstance(value, _Default)]
+        if given:
+            raise ValueError(f"give format or bits/group_size, not both: {format=}, {given}")
+        if method != "rtn" or symmetric or X_calib is not None:
+            raise ValueError(f"format={format!r} takes no method, symmetric or X_calib")
+        from minquant.llm.formats import quantize_weights_format
+
+        return quantize_weights_format(model, format)
     methods = sorted({*WEIGHT_QUANTIZERS, *MODEL_QUANTIZERS})
     if method not in methods:
         raise ValueError(f"method must be one of {methods}, got {method!r}")
