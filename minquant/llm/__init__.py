@@ -4,7 +4,13 @@ Names are loaded on first use (PEP 562), so ``import minquant.llm`` compiles not
 
 * :mod:`minquant.llm.lm`: ``perplexity``, ``next_token_loss``, ``generate``;
 * :mod:`minquant.llm.weight_only`: ``quantize_weights``, ``WeightOnlyLinear`` and the registry
-  of weight quantizers (``WEIGHT_QUANTIZERS``, the ``method=`` hook).
+  of weight quantizers (``WEIGHT_QUANTIZERS``, the ``method=`` hook);
+* :mod:`minquant.llm.activations`: ``capture_linear_inputs``, ``activation_stats``,
+  ``inject_outlier_channel`` (a synthetic outlier channel, same float function);
+* :mod:`minquant.llm.w8a8`: ``quantize_activations``, ``W8A8Linear``,
+  ``int8_decomposed_matmul`` (LLM.int8()), ``float_column_fraction``, ``argmax_agreement``;
+* :mod:`minquant.llm.smoothquant`: ``smoothquant_scales``, ``fold_smoothing``, ``smooth_model``;
+* :mod:`minquant.llm.kv_cache`: ``QuantizedKVCache``, ``KVQuantizedLM``.
 
 >>> import numpy as np
 >>> import minquant as mq
@@ -24,6 +30,19 @@ _LAZY = {
     "quantize_weights": "weight_only",
     "WeightOnlyLinear": "weight_only",
     "WEIGHT_QUANTIZERS": "weight_only",
+    "capture_linear_inputs": "activations",
+    "activation_stats": "activations",
+    "inject_outlier_channel": "activations",
+    "quantize_activations": "w8a8",
+    "W8A8Linear": "w8a8",
+    "int8_decomposed_matmul": "w8a8",
+    "float_column_fraction": "w8a8",
+    "argmax_agreement": "w8a8",
+    "smoothquant_scales": "smoothquant",
+    "fold_smoothing": "smoothquant",
+    "smooth_model": "smoothquant",
+    "QuantizedKVCache": "kv_cache",
+    "KVQuantizedLM": "kv_cache",
 }
 
 
