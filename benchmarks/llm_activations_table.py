@@ -11,6 +11,9 @@ sweep picks alpha by perplexity on 16 *other* training windows, never on the eva
 
     PYTHONPATH=. python benchmarks/llm_activations_table.py            # 16,385 val tokens
     PYTHONPATH=. python benchmarks/llm_activations_table.py --tokens 4097
+    PYTHONPATH=. python benchmarks/llm_activations_table.py --model synthetic  # one half
+
+Rows are printed as they are measured (a table row each), then the whole table.
 """
 
 import argparse
@@ -47,9 +50,19 @@ def evaluate(model: nn.Module, win: np.ndarray, batch: int = 16) -> tuple[float,
     return math.exp(total / win[:, 1:].size), np.concatenate(argmax)
 
 
+def format_row(row: tuple, ppl_float: float) -> str:
+    """One markdown table row: model, configuration, perplexity, change, simulation."""
+    label, name, ppl, sim, note = row
+    rel = f"{100 * (ppl / ppl_float - 1):+.2f}%"
+    sim_text = ("-", "-") if sim is None else (f"{sim[0]:.4f}", f"{100 * sim[1]:.2f}%")
+    extra = f" ({note})" if note else ""
+    return f"| {label} | {name}{extra} | {ppl:.4f} | {rel} | {sim_text[0]} | {sim_text[1]} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=16_385, help="val tokens (default 16,385)")
+    parser.add_argument("--model", choices=["both", "tiny_lm", "synthetic"], default="both")
     args = parser.parse_args()
     lm = mq.models.load_pretrained("tiny_lm")
     val = windows(mq.data.encode(mq.data.load_text("val"))[: args.tokens])
@@ -57,22 +70,26 @@ def main() -> None:
     calib = train[: 16 * CONTEXT].reshape(16, CONTEXT)  # (16, 128)
     sweep = windows(train[16 * CONTEXT : 32 * CONTEXT + 1])  # 16 other windows
     print(f"{val.size - len(val)} predicted val tokens; calibration 16 x {CONTEXT} train tokens")
-    models = {
-        "tiny_lm": lm,
-        "tiny_lm + synthetic outlier (ch 0 x 32)": inject_outlier_channel(lm, 0, 32.0),
-    }
+    models = {}
+    if args.model in ("both", "tiny_lm"):
+        models["tiny_lm"] = lm
+    if args.model in ("both", "synthetic"):
+        models["tiny_lm + synthetic outlier (ch 0 x 32)"] = inject_outlier_channel(lm, 0, 32.0)
     rows = []
     for label, model in models.items():
         t0 = time.perf_counter()
         ppl_float, _ = evaluate(model, val)
         rows.append((label, "float", ppl_float, None, None))
+        print(format_row(rows[-1], ppl_float), flush=True)
         ppl_sweep = {}
         for alpha in ALPHAS:
             q = quantize_activations(model, "smoothquant", calib, alpha=alpha)
             ppl_sweep[alpha] = evaluate(q, sweep)[0]
         best = min(ALPHAS, key=lambda a: ppl_sweep[a])
         sweep_text = ", ".join(f"{a}: {p:.3f}" for a, p in ppl_sweep.items())
-        print(f"{label}: SmoothQuant sweep on train windows {{{sweep_text}}}, best {best}")
+        print(
+            f"{label}: SmoothQuant sweep on train windows {{{sweep_text}}}, best {best}", flush=True
+        )
         configs = [
             ("W8A8 static per-tensor", "static", {}),
             ("W8A8 dynamic per-token", "dynamic", {}),
@@ -88,21 +105,20 @@ def main() -> None:
             agree = float(np.mean(top == top_sim))
             note = f"float cols {float_column_fraction(q_int):.3f}" if mode == "llm_int8" else ""
             rows.append((label, name, ppl, (ppl_sim, agree), note))
+            print(format_row(rows[-1], ppl_float), flush=True)
         for bits in (8, 4):
             kv = KVQuantizedLM(model, bits)
             ppl, _ = evaluate(kv, val)
             note = f"{kv.nbytes_per_token():.0f} B/token (float32 {kv.float32_nbytes_per_token()})"
             rows.append((label, f"KV{bits} (per head, per token)", ppl, None, note))
+            print(format_row(rows[-1], ppl_float), flush=True)
         print(f"{label}: {time.perf_counter() - t0:.0f} s")
     print()
     print("| model | configuration | perplexity | vs float | simulation ppl | argmax agreement |")
     print("|---|---|---|---|---|---|")
     floats = {label: ppl for label, name, ppl, _, _ in rows if name == "float"}
-    for label, name, ppl, sim, note in rows:
-        rel = f"{100 * (ppl / floats[label] - 1):+.2f}%"
-        sim_text = ("-", "-") if sim is None else (f"{sim[0]:.4f}", f"{100 * sim[1]:.2f}%")
-        extra = f" ({note})" if note else ""
-        print(f"| {label} | {name}{extra} | {ppl:.4f} | {rel} | {sim_text[0]} | {sim_text[1]} |")
+    for row in rows:
+        print(format_row(row, floats[row[0]]))
 
 
 if __name__ == "__main__":
