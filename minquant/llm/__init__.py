@@ -10,6 +10,12 @@ Names are loaded on first use (PEP 562), so ``import minquant.llm`` compiles not
   ``keep_salient_channels`` (the 1% salient-channel experiment).
 * :mod:`minquant.llm.formats`: ``FormatLinear``, a weight stored in a number format
   (``quantize_weights(model, format="q4_0")``).
+* :mod:`minquant.llm.activations`: ``capture_linear_inputs``, ``activation_stats``,
+  ``inject_outlier_channel`` (a synthetic outlier channel, same float function);
+* :mod:`minquant.llm.w8a8`: ``quantize_activations``, ``W8A8Linear``,
+  ``int8_decomposed_matmul`` (LLM.int8()), ``float_column_fraction``, ``argmax_agreement``;
+* :mod:`minquant.llm.smoothquant`: ``smoothquant_scales``, ``fold_smoothing``, ``smooth_model``;
+* :mod:`minquant.llm.kv_cache`: ``QuantizedKVCache``, ``KVQuantizedLM``.
 
 >>> import numpy as np
 >>> import minquant as mq
@@ -33,6 +39,19 @@ _LAZY = {
     "awq_scales": "awq",
     "keep_salient_channels": "awq",
     "FormatLinear": "formats",
+    "capture_linear_inputs": "activations",
+    "activation_stats": "activations",
+    "inject_outlier_channel": "activations",
+    "quantize_activations": "w8a8",
+    "W8A8Linear": "w8a8",
+    "int8_decomposed_matmul": "w8a8",
+    "float_column_fraction": "w8a8",
+    "argmax_agreement": "w8a8",
+    "smoothquant_scales": "smoothquant",
+    "fold_smoothing": "smoothquant",
+    "smooth_model": "smoothquant",
+    "QuantizedKVCache": "kv_cache",
+    "KVQuantizedLM": "kv_cache",
 }
 
 

@@ -1,0 +1,125 @@
+"""Perplexity of tiny_lm with quantized activations and KV caches (docs/results.md).
+
+Rows: float, W8A8 static per-tensor, dynamic per-token, LLM.int8(), SmoothQuant (alpha 0.5
+and the best alpha of a sweep), KV8, KV4; each on the packaged model and on its variant
+with a **synthetic** outlier channel (``inject_outlier_channel``, channel 0, factor 32:
+same float function). Every integer run is compared with its fake-quant simulation (same
+qparams, products in float32): the fraction of equal next-token argmaxes.
+
+Calibration (static ranges, SmoothQuant scales) uses 16 windows of the training text; the
+sweep picks alpha by perplexity on 16 *other* training windows, never on the evaluation text.
+
+    PYTHONPATH=. python benchmarks/llm_activations_table.py            # 16,385 val tokens
+    PYTHONPATH=. python benchmarks/llm_activations_table.py --tokens 4097
+    PYTHONPATH=. python benchmarks/llm_activations_table.py --model synthetic  # one half
+
+Rows are printed as they are measured (a table row each), then the whole table.
+"""
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+import minquant as mq
+from minquant import nn
+from minquant.llm.activations import inject_outlier_channel
+from minquant.llm.kv_cache import KVQuantizedLM
+from minquant.llm.w8a8 import float_column_fraction, quantize_activations
+
+ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+CONTEXT = 128
+
+
+def windows(tokens: np.ndarray) -> np.ndarray:
+    n = (len(tokens) - 1) // CONTEXT
+    return tokens[np.arange(n)[:, None] * CONTEXT + np.arange(CONTEXT + 1)]  # (n, 129)
+
+
+def evaluate(model: nn.Module, win: np.ndarray, batch: int = 16) -> tuple[float, np.ndarray]:
+    """Perplexity (as mq.llm.perplexity) and the argmax of every position."""
+    total, argmax = 0.0, []
+    for i in range(0, len(win), batch):
+        w = win[i : i + batch]  # (b, 129)
+        logits = model(w[:, :-1])  # (b, 128, vocab)
+        targets = w[:, 1:].reshape(-1)
+        loss, _ = nn.cross_entropy(logits.reshape(len(targets), -1), targets)
+        total += loss * len(targets)
+        argmax.append(logits.argmax(axis=-1).reshape(-1))
+    return math.exp(total / win[:, 1:].size), np.concatenate(argmax)
+
+
+def format_row(row: tuple, ppl_float: float) -> str:
+    """One markdown table row: model, configuration, perplexity, change, simulation."""
+    label, name, ppl, sim, note = row
+    rel = f"{100 * (ppl / ppl_float - 1):+.2f}%"
+    sim_text = ("-", "-") if sim is None else (f"{sim[0]:.4f}", f"{100 * sim[1]:.2f}%")
+    extra = f" ({note})" if note else ""
+    return f"| {label} | {name}{extra} | {ppl:.4f} | {rel} | {sim_text[0]} | {sim_text[1]} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=16_385, help="val tokens (default 16,385)")
+    parser.add_argument("--model", choices=["both", "tiny_lm", "synthetic"], default="both")
+    args = parser.parse_args()
+    lm = mq.models.load_pretrained("tiny_lm")
+    val = windows(mq.data.encode(mq.data.load_text("val"))[: args.tokens])
+    train = mq.data.encode(mq.data.load_text("train"))
+    calib = train[: 16 * CONTEXT].reshape(16, CONTEXT)  # (16, 128)
+    sweep = windows(train[16 * CONTEXT : 32 * CONTEXT + 1])  # 16 other windows
+    print(f"{val.size - len(val)} predicted val tokens; calibration 16 x {CONTEXT} train tokens")
+    models = {}
+    if args.model in ("both", "tiny_lm"):
+        models["tiny_lm"] = lm
+    if args.model in ("both", "synthetic"):
+        models["tiny_lm + synthetic outlier (ch 0 x 32)"] = inject_outlier_channel(lm, 0, 32.0)
+    rows = []
+    for label, model in models.items():
+        t0 = time.perf_counter()
+        ppl_float, _ = evaluate(model, val)
+        rows.append((label, "float", ppl_float, None, None))
+        print(format_row(rows[-1], ppl_float), flush=True)
+        ppl_sweep = {}
+        for alpha in ALPHAS:
+            q = quantize_activations(model, "smoothquant", calib, alpha=alpha)
+            ppl_sweep[alpha] = evaluate(q, sweep)[0]
+        best = min(ALPHAS, key=lambda a: ppl_sweep[a])
+        sweep_text = ", ".join(f"{a}: {p:.3f}" for a, p in ppl_sweep.items())
+        print(
+            f"{label}: SmoothQuant sweep on train windows {{{sweep_text}}}, best {best}", flush=True
+        )
+        configs = [
+            ("W8A8 static per-tensor", "static", {}),
+            ("W8A8 dynamic per-token", "dynamic", {}),
+            ("LLM.int8() (threshold 6)", "llm_int8", {}),
+            ("SmoothQuant a=0.5 + static", "smoothquant", {"alpha": 0.5}),
+            (f"SmoothQuant a={best} (best) + static", "smoothquant", {"alpha": best}),
+        ]
+        for name, mode, kw in configs:
+            q_int = quantize_activations(model, mode, calib, **kw)
+            q_sim = quantize_activations(model, mode, calib, simulate=True, **kw)
+            ppl, top = evaluate(q_int, val)
+            ppl_sim, top_sim = evaluate(q_sim, val)
+            agree = float(np.mean(top == top_sim))
+            note = f"float cols {float_column_fraction(q_int):.3f}" if mode == "llm_int8" else ""
+            rows.append((label, name, ppl, (ppl_sim, agree), note))
+            print(format_row(rows[-1], ppl_float), flush=True)
+        for bits in (8, 4):
+            kv = KVQuantizedLM(model, bits)
+            ppl, _ = evaluate(kv, val)
+            note = f"{kv.nbytes_per_token():.0f} B/token (float32 {kv.float32_nbytes_per_token()})"
+            rows.append((label, f"KV{bits} (per head, per token)", ppl, None, note))
+            print(format_row(rows[-1], ppl_float), flush=True)
+        print(f"{label}: {time.perf_counter() - t0:.0f} s")
+    print()
+    print("| model | configuration | perplexity | vs float | simulation ppl | argmax agreement |")
+    print("|---|---|---|---|---|---|")
+    floats = {label: ppl for label, name, ppl, _, _ in rows if name == "float"}
+    for row in rows:
+        print(format_row(row, floats[row[0]]))
+
+
+if __name__ == "__main__":
+    main()
