@@ -26,7 +26,7 @@ from functools import partial
 
 import numpy as np
 
-from minquant import fake_quant, ptq, qat, train
+from minquant import fake_quant, lowbit_qat, ptq, qat, train
 from minquant.data import load_mnist
 from minquant.models import load_pretrained
 
@@ -78,7 +78,7 @@ def _moving_average_weight_fq(narrow_range: bool) -> fake_quant.FakeQuantize:
 def _masked_ternary_weight_fq(narrow_range: bool) -> fake_quant.FakeQuantize:
     """The ternary grid and absmean scale with an ordinary (clipping-masked) STE."""
     return fake_quant.FakeQuantize(
-        2, True, True, axis=0, observer=fake_quant.AbsMeanObserver, narrow_range=narrow_range
+        2, True, True, axis=0, observer=lowbit_qat.AbsMeanObserver, narrow_range=narrow_range
     )
 
 

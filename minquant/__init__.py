@@ -40,6 +40,7 @@ _SUBMODULES = (
     "granularity",
     "kernels",
     "llm",
+    "lowbit_qat",
     "models",
     "nn",
     "observers",

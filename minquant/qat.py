@@ -44,13 +44,8 @@ from functools import partial
 import numpy as np
 
 from minquant import nn, ptq
-from minquant.fake_quant import (
-    AbsMeanObserver,
-    FakeQuantize,
-    TernaryFakeQuantize,
-    _default_observer,
-    lsq_init_factor,
-)
+from minquant.fake_quant import FakeQuantize, _default_observer
+from minquant.lowbit_qat import AbsMeanObserver, TernaryFakeQuantize, lsq_init_factor
 from minquant.qnn.model import QuantConfig
 from minquant.quant import qrange, quantize
 
@@ -279,7 +274,7 @@ def prepare_qat(
     post-training quantization), ``"lsq"`` (LSQ's $2\,\overline{|w|} / \sqrt{q_{max}}$,
     recomputed every step, or only the initial value with ``learnable=True``) or
     ``"ternary"`` (BitNet b1.58: $\{-1, 0, 1\} \cdot \overline{|w|}$,
-    :class:`~minquant.fake_quant.TernaryFakeQuantize`; needs ``weight_bits=2``, where the
+    :class:`~minquant.lowbit_qat.TernaryFakeQuantize`; needs ``weight_bits=2``, where the
     codes are stored). ``weight_narrow_range`` drops the code $-2^{b-1}$ (symmetric grid, as
     :func:`minquant.ptq.quantize_model`); at 2 bits that leaves only $\{-1, 0, 1\}$, so a
     2-bit QAT run does better with ``weight_narrow_range=False`` ($\{-2, -1, 0, 1\}$, as

@@ -3,14 +3,8 @@
 import numpy as np
 import pytest
 
-from minquant.fake_quant import (
-    AbsMeanObserver,
-    FakeQuantize,
-    TernaryFakeQuantize,
-    fake_quantize_with_mask,
-    lsq_backward,
-    lsq_init_factor,
-)
+from minquant.fake_quant import FakeQuantize, fake_quantize_with_mask, lsq_backward
+from minquant.lowbit_qat import AbsMeanObserver, TernaryFakeQuantize, lsq_init_factor
 from minquant.nn import Parameter
 from minquant.quant import EPS, fake_quantize, qrange
 

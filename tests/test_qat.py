@@ -5,7 +5,8 @@ import pytest
 
 from minquant import nn, ptq, train
 from minquant.data import load_mnist
-from minquant.fake_quant import FakeQuantize, TernaryFakeQuantize
+from minquant.fake_quant import FakeQuantize
+from minquant.lowbit_qat import TernaryFakeQuantize
 from minquant.models import load_pretrained, small_cnn
 from minquant.qat import (
     QATConvBn2d,
