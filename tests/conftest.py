@@ -16,6 +16,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minquant"))
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
+# NOTE: tests/fixtures/make_*.py are the scripts that froze the golden vectors from the
+# oracles (torch, ml_dtypes, gguf); they are run by hand, not collected (not even for
+# doctests), so that a machine without an oracle can still collect every test.
+collect_ignore_glob = ["fixtures/*.py"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if HAS_TORCH:
