@@ -27,7 +27,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Add the ``export`` command to the subparsers ``sub`` of ``python -m minquant``."""
     parser = sub.add_parser(
         "export",
-        help="quantize a packaged model (PTQ defaults) and write it as npz or ONNX",
+        help="write a packaged model: a CNN quantized (PTQ) as npz or ONNX, tiny_lm as GGUF",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
