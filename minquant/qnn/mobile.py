@@ -68,10 +68,8 @@ class QuantizedDepthwiseConv2d(QuantizedModule):
         upper: float | np.ndarray | None = None,
     ) -> None:
         make_requant = requantizer(requant, rounding)
-        if not isinstance(w_q, np.ndarray) or w_q.dtype != np.int8:
-            got = getattr(w_q, "dtype", type(w_q).__name__)
-            raise TypeError(f"QuantizedDepthwiseConv2d: w_q must be an int8 ndarray, got {got}")
-        if w_q.ndim != 4 or w_q.shape[1] != 1 or w_q.shape[2] != w_q.shape[3]:
+        check_int8("QuantizedDepthwiseConv2d: w_q", w_q, ndim=4)
+        if w_q.shape[1] != 1 or w_q.shape[2] != w_q.shape[3]:
             raise ValueError(
                 f"QuantizedDepthwiseConv2d: w_q must be (C, 1, k, k), got shape {w_q.shape}"
             )
