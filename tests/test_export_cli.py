@@ -68,8 +68,19 @@ def test_bad_arguments(args, message, capsys):
 def test_gguf_is_for_the_language_model_only(tmp_path):
     with pytest.raises(SystemExit, match="--format gguf is for tiny_lm"):
         main(["export", "small_cnn", "--format", "gguf", "-o", str(tmp_path / "x.gguf")])
-    with pytest.raises(SystemExit, match="got tiny_lm with --format npz"):
-        main(["export", "tiny_lm", "--format", "npz", "-o", str(tmp_path / "x.npz")])
+    with pytest.raises(SystemExit, match="got tiny_lm with --format onnx"):
+        main(["export", "tiny_lm", "--format", "onnx", "-o", str(tmp_path / "x.onnx")])
+
+
+def test_npz_of_the_weight_only_language_model(tmp_path, capsys):
+    path = tmp_path / "tiny_lm.npz"
+    assert main(["export", "tiny_lm", "--format", "npz", "--bits", "3", "-o", str(path)]) == 0
+    assert f"wrote {path}: tiny_lm, W3 g64 weight-only, minquant npz" in capsys.readouterr().out
+    expected = mq.llm.quantize_weights(models.load_pretrained("tiny_lm"), bits=3, group_size=64)
+    tokens = mq.data.encode(mq.data.load_text("val")[:128])[None]  # (1, 128)
+    np.testing.assert_array_equal(mq.load(path)(tokens), expected(tokens))
+    with pytest.raises(SystemExit, match="group_size"):
+        main(["export", "tiny_lm", "--format", "npz", "--group-size", "100", "-o", str(path)])
 
 
 def test_gguf_from_the_command_line(tmp_path, capsys):

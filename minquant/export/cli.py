@@ -5,7 +5,8 @@ per channel, min/max observer, TFLite fixed point) on the first 1,000 training d
 written as a minquant file (``npz``, :func:`minquant.export.save`) or as ONNX
 (:func:`minquant.export.to_onnx`, ``--form integer`` or ``qdq``). The language model
 (``tiny_lm``) is written as GGUF (:func:`minquant.export.to_gguf`, ``--gguf-type q8_0`` by
-default).
+default) or, weight-only quantized by :func:`minquant.llm.quantize_weights` (round to
+nearest, asymmetric, ``--bits 4 --group-size 64`` by default), as a minquant file (``npz``).
 """
 
 import argparse
@@ -27,7 +28,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Add the ``export`` command to the subparsers ``sub`` of ``python -m minquant``."""
     parser = sub.add_parser(
         "export",
-        help="write a packaged model: a CNN quantized (PTQ) as npz or ONNX, tiny_lm as GGUF",
+        help="write a packaged model: a CNN quantized (PTQ) as npz or ONNX, tiny_lm as GGUF "
+        "or weight-only quantized as npz",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -42,6 +44,15 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         default="q8_0",
         help="GGUF tensor type of the matrices (default q8_0)",
     )
+    parser.add_argument(
+        "--bits", type=int, choices=range(2, 9), default=4, help="tiny_lm npz: bits (default 4)"
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=64,
+        help="tiny_lm npz: weights per scale, 0 for one per output channel (default 64)",
+    )
     parser.add_argument("-o", "--output", type=pathlib.Path, required=True, help="file to write")
     return parser
 
@@ -50,19 +61,17 @@ def run_export(args: argparse.Namespace) -> int:
     """Quantize ``args.model`` and write it to ``args.output``; prints what it wrote."""
     from minquant import models
     from minquant.data import load_mnist
-    from minquant.export import save, to_gguf, to_onnx
+    from minquant.export import save, to_onnx
     from minquant.ptq import quantize_model
 
-    if (args.model == "tiny_lm") != (args.file_format == "gguf"):
+    allowed = ("npz", "gguf") if args.model == "tiny_lm" else ("npz", "onnx")
+    if args.file_format not in allowed:
         raise SystemExit(
-            f"export: --format gguf is for tiny_lm and npz/onnx for the CNNs, "
+            "export: --format gguf is for tiny_lm, onnx for the CNNs (npz for both), "
             f"got {args.model} with --format {args.file_format}"
         )
-    if args.file_format == "gguf":
-        to_gguf(models.load_pretrained("tiny_lm"), args.output, args.gguf_type)
-        size = args.output.stat().st_size
-        print(f"wrote {args.output}: tiny_lm, GGUF ({args.gguf_type}), {size:,} bytes")
-        return 0
+    if args.model == "tiny_lm":
+        return _export_lm(args)
     X_train, _ = load_mnist("train")
     qmodel = quantize_model(models.load_pretrained(args.model), X_train[:CALIB_SIZE])
     if args.file_format == "npz":
@@ -73,4 +82,27 @@ def run_export(args: argparse.Namespace) -> int:
         what = f"ONNX ({args.form} form)"
     size = args.output.stat().st_size
     print(f"wrote {args.output}: {args.model} W8A8, {what}, {size:,} bytes")
+    return 0
+
+
+def _export_lm(args: argparse.Namespace) -> int:
+    from minquant import models
+    from minquant.export import save, to_gguf
+    from minquant.llm import quantize_weights
+
+    lm = models.load_pretrained("tiny_lm")
+    if args.file_format == "gguf":
+        to_gguf(lm, args.output, args.gguf_type)
+        what = f"GGUF ({args.gguf_type})"
+    else:
+        group_size = None if args.group_size == 0 else args.group_size
+        try:
+            qlm = quantize_weights(lm, args.bits, group_size)
+        except ValueError as err:
+            raise SystemExit(f"export: {err}") from err
+        save(qlm, args.output)
+        groups = "per channel" if group_size is None else f"g{group_size}"
+        what = f"W{args.bits} {groups} weight-only, minquant npz"
+    size = args.output.stat().st_size
+    print(f"wrote {args.output}: tiny_lm, {what}, {size:,} bytes")
     return 0

@@ -39,8 +39,8 @@ __all__ = ["FORMAT_VERSION", "KINDS", "FileFormatError", "load", "payload_sha256
 #: The version this minquant writes and reads; bump it when the layout of a kind changes.
 FORMAT_VERSION = 1
 #: Which module saves and loads each kind of object (``OBJECT_TYPE``, ``to_arrays``,
-#: ``from_arrays``). A new kind (e.g. the weight-only language model) is one more line.
-KINDS = {"quantized_cnn": "minquant.export.cnn"}
+#: ``from_arrays``): the integer CNN and the language model with weight-only layers.
+KINDS = {"quantized_cnn": "minquant.export.cnn", "weight_only_lm": "minquant.export.lm"}
 
 META, SHA256 = "__meta__", "__sha256__"
 

@@ -189,6 +189,16 @@ class TransformerLM(Module):
         self.norm = RMSNorm(c.dim, c.norm_eps)
         self.output = Linear(c.dim, c.vocab_size, bias=False, rng=rng)
 
+    def save(self, path: str) -> None:
+        """Write the model to exactly ``path`` (an ``.npz``, no pickle); ``mq.load`` reads it.
+
+        Float or quantized by :func:`minquant.llm.quantize_weights`: see
+        :mod:`minquant.export.lm` for what the file holds.
+        """
+        from minquant.export.npz import save
+
+        save(self, path)
+
     def attention_layers(self) -> list[CausalSelfAttention]:
         return [m for m in self.modules() if isinstance(m, CausalSelfAttention)]
 
