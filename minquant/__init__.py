@@ -58,7 +58,7 @@ _SUBMODULES = (
 
 
 def load(path: str) -> object:
-    """The object (e.g. a ``QuantizedModel``) saved in ``path`` by ``qmodel.save(path)``.
+    """The model saved in ``path`` by ``model.save(path)`` (``QuantizedModel``, ``TransformerLM``).
 
     See :mod:`minquant.export.npz` for the file format and the errors a bad file raises.
     """

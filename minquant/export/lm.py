@@ -32,6 +32,17 @@ width, float16 scales, uint8 zero points.
 Not stored: the key-value cache (a loaded model starts with caches disabled) and
 gradients. Any other layer (e.g. a ``FormatLinear`` of ``quantize_weights(format=...)``)
 is refused by :func:`to_arrays` with a ``TypeError``.
+
+>>> import tempfile, pathlib
+>>> import minquant as mq
+>>> config = TransformerConfig(vocab_size=10, dim=64, n_layers=1, n_heads=2, hidden_dim=128)
+>>> lm = TransformerLM(config, rng=np.random.default_rng(0))
+>>> qlm = mq.llm.quantize_weights(lm, bits=4, group_size=32)
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "lm_w4.npz"
+>>> qlm.save(path)
+>>> tokens = np.array([[1, 2, 3, 4]])
+>>> bool(np.array_equal(mq.load(path)(tokens), qlm(tokens)))
+True
 """
 
 import dataclasses
