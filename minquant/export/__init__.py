@@ -1,8 +1,9 @@
 r"""Take a quantized model elsewhere: a minquant file, ONNX.
 
-* :func:`save` / :func:`load` (also ``qmodel.save(path)`` and ``mq.load(path)``): one
+* :func:`save` / :func:`load` (also ``model.save(path)`` and ``mq.load(path)``): one
   ``.npz`` file, no pickle, integer codes at their packed width, checked by SHA-256
-  (:mod:`minquant.export.npz`; the integer CNN's layout in :mod:`minquant.export.cnn`);
+  (:mod:`minquant.export.npz`; the integer CNN's layout in :mod:`minquant.export.cnn`, the
+  language model's, float or weight-only, in :mod:`minquant.export.lm`);
 * :func:`to_onnx`: the integer CNN as an ONNX graph, in QDQ form or with integer operators
   (:mod:`minquant.export.onnx_export`; needs the ``onnx`` package, imported on first use);
 * :func:`to_gguf`: the language model as a llama.cpp GGUF file, matrices in a GGUF block
