@@ -101,6 +101,7 @@ def to_arrays(model: TransformerLM) -> tuple[dict, dict[str, np.ndarray]]:
         arrays[name] = param.data
     layers = {}
     for name, layer in weight_only.items():
+        # NOTE: stored as a plain bit stream, not in the kernel's interleaved byte order.
         codes = unpack_weight(
             layer.packed, layer.num_bits, layer.group_size, layer.in_features, layer.signed
         )  # (out, in)
