@@ -80,7 +80,7 @@ def test_simd_within_bound_any_shape(group_size, groups, signed, symmetric, batc
 )
 def test_simd_extreme_codes_and_zero_points_exactly(signed, codes, zero):
     """q - z at both ends of its range (-15 and 15), scale 1, x = 1: exact small integers."""
-    w_q = np.zeros((2, 64), np.int64)  # (N, K), one group of 64 per row... 32 lanes of 2
+    w_q = np.zeros((2, 64), np.int64)  # (N, K): one group, 32 lanes of 2 codes
     w_q[0], w_q[1] = codes[0], codes[1]
     w_q[:, 1::2] = codes[1]  # odd codes (high nibbles) at the other end
     w_q[1, 1::2] = codes[0]
@@ -96,11 +96,13 @@ def test_simd_extreme_codes_and_zero_points_exactly(signed, codes, zero):
 
 
 def test_out_of_range_zero_point_or_lanes_run_the_scalar_kernel():
-    """z = 200 does not fit q - z in int8, 48 lanes are not a multiple of 32: the scalar
-    kernel, still within the bound."""
-    zp = np.full((3, 1), 200, np.uint8)
+    """z = 300 is not a uint8, 48 lanes are not a multiple of 32: the scalar kernel, still
+    within the bound."""
+    zp = np.full((3, 1), 300, np.int16)
     assert int4_kernel(64, 64, zp, False, "simd") == "plain"
-    assert int4_kernel(64, 64, zp - 100, False, "simd") == "simd"
+    assert int4_kernel(64, 64, zp - 45, False, "simd") == "simd"
+    assert int4_kernel(64, 64, zp - 300, True, "simd") == "simd"
+    assert int4_kernel(64, 64, zp - 309, True, "simd") == "plain"  # -9 + 8 < 0
     assert int4_kernel(64, 64, zp, False, "plain") == "plain"
     assert int4_kernel(384, 64, None, True, "simd") == "plain"  # 48 lanes of 8 codes
     rng = np.random.default_rng(0)
@@ -109,7 +111,7 @@ def test_out_of_range_zero_point_or_lanes_run_the_scalar_kernel():
     scale = np.full((3, 1), 0.5, np.float16)
     x = rng.standard_normal(64).astype(np.float32)
     y = matmul_weight_only(x, packed, scale, zp, 4, 64, False, path=available_paths()[0])
-    w_hat = 0.5 * (w_q - 200).astype(np.float32)
+    w_hat = 0.5 * (w_q - 300).astype(np.float32)
     assert np.all(np.abs(y - x @ w_hat.T) <= rounding_bound(x, w_hat))
 
 
@@ -130,14 +132,14 @@ def test_select_path(monkeypatch):
 @needs_simd
 @pytest.mark.slow
 def test_simd_kernel_uses_vectors():
-    """One int-to-float conversion and one multiply-add per 16 codes, in the widest vectors:
-    zmm with AVX-512, else ymm (two per 16 codes)."""
+    """Per 16 codes: one bitwise instruction, one subtraction, one multiply-add (the only
+    int-to-float conversions left are the zero points'); zmm registers with AVX-512."""
     from minquant.kernels.gemv_simd import kernel_asm
 
     asm = kernel_asm()
-    assert "vcvtdq2ps" in asm and "vfmadd" in asm and "vpmovsxbd" in asm
-    if "avx512f" in os.popen("grep -m1 flags /proc/cpuinfo").read():
-        assert "zmm" in asm
+    assert "vpmovzxbd" in asm and "vsubps" in asm and "vfmadd" in asm
+    if "avx512f" in open("/proc/cpuinfo").read():
+        assert "zmm" in asm and "vpternlogd" in asm
 
 
 #: A Haswell (AVX2, FMA, F16C; no AVX-512) and a baseline x86-64 (SSE2; no F16C) for Numba

@@ -20,8 +20,8 @@ bits; the 2-7-bit kernel flips each field's sign bit to read offset binary,
 $q + 2^{b-1}$, and adds $2^{b-1}$ to the zero point).
 
 Kernels: :mod:`minquant.kernels.gemv_plain` (scalar Numba loops, every bit width, every
-machine) and, for int4, :mod:`minquant.kernels.gemv_simd` (explicit vectors: one int8
-subtraction, one int-to-float conversion and one multiply-add per code). The int4 path is
+machine) and, for int4, :mod:`minquant.kernels.gemv_simd` (explicit vectors: one bitwise
+operation, one exact subtraction and one multiply-add per code). The int4 path is
 chosen at run time (:func:`select_path`): ``"simd"`` where it can run, else ``"plain"``;
 force one with ``path=`` or the environment variable ``MINQUANT_GEMV_PATH``.
 
@@ -80,8 +80,8 @@ def int4_kernel(
     in_features: int, group_size: int, zero_point: np.ndarray | None, signed: bool, path: str
 ) -> str:
     r"""Which kernel an int4 product runs on ``path``: ``"simd"`` needs a multiple of 32 lanes
-    (:func:`interleave_lanes`) and zero points with $0 \le z + 8 [\text{signed}] \le 127$
-    (so that $q - z$ fits in int8); anything else runs ``"plain"``.
+    (:func:`interleave_lanes`) and zero points with $0 \le z + 8 [\text{signed}] \le 255$
+    (it reads them as uint8); anything else runs ``"plain"``.
 
     >>> int4_kernel(4096, 64, None, True, "simd"), int4_kernel(8, 4, None, True, "simd")
     ('simd', 'plain')
@@ -91,7 +91,7 @@ def int4_kernel(
     if zero_point is not None and zero_point.size:
         offset = 8 if signed else 0
         low, high = int(zero_point.min()) + offset, int(zero_point.max()) + offset
-        if low < 0 or high > 127:
+        if low < 0 or high > 255:
             return "plain"
     return "simd"
 
@@ -293,7 +293,7 @@ def _int4_simd(x_even, x_odd, packed, scale_bits, zero_point, split, signed):
     else:
         zero_lanes = zero_point if split == 1 else np.repeat(zero_point, split, axis=1)  # (N, L)
         if offset or zero_lanes.dtype != np.uint8:
-            # NOTE: int4_kernel checked 0 <= z + offset <= 127: exact in uint8.
+            # NOTE: int4_kernel checked 0 <= z + offset <= 255: exact in uint8.
             zero_lanes = (zero_lanes.astype(np.int16) + offset).astype(np.uint8)
     scale_lanes, zero_lanes = np.ascontiguousarray(scale_lanes), np.ascontiguousarray(zero_lanes)
     return int4_simd(packed, scale_lanes, zero_lanes, 0x88 if signed else 0, x_even, x_odd)

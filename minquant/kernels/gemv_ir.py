@@ -1,28 +1,36 @@
 r"""Portable SIMD vectors for the weight-only GEMV, as Numba functions (llvmlite IR).
 
 Numba has no vector types, and LLVM vectorises the scalar int4 loop of
-:mod:`minquant.kernels.gemv` poorly (the nibble split goes through float, the partial sums
-through memory). This module gives Numba two register types and the operations the int4
-kernel of :mod:`minquant.kernels.gemv_simd` needs, each a :func:`numba.extending.intrinsic`
-that emits **generic** LLVM vector instructions (``and``, ``lshr``, ``sitofp``,
-``llvm.fmuladd``, ``shufflevector``), not x86 intrinsics:
+:mod:`minquant.kernels.gemv_plain` poorly (the nibble split goes through float, the partial
+sums through memory). This module gives Numba two register types and the operations the
+int4 kernel of :mod:`minquant.kernels.gemv_simd` needs, each a
+:func:`numba.extending.intrinsic` that emits **generic** LLVM vector instructions (``zext``,
+``and``/``or``/``xor``, ``bitcast``, ``fsub``, ``llvm.fmuladd``, ``shufflevector``), not x86
+intrinsics:
 
 * ``F32x16``: 16 float32 lanes (``<16 x float>``), 64 bytes;
-* ``I8x32``: 32 int8 lanes (``<32 x i8>``), 32 bytes: 32 packed int4 bytes = 64 codes.
+* ``I32x16``: 16 int32 lanes (``<16 x i32>``): 16 bytes of int4 codes, one byte per lane.
 
-LLVM lowers a generic vector to what the target has: one zmm register with AVX-512 (when
-the function asks for 512-bit vectors, see :data:`VECTOR_WIDTH_ATTR`), two ymm with AVX2,
-four xmm with SSE or NEON. The same code is therefore right on every CPU; only its speed
-depends on the registers. The one instruction some CPUs lack is the float16 to float32
-conversion of the scales (x86 F16C, present on every CPU with AVX2):
-:func:`minquant.kernels.gemv_simd.simd_available` checks for it.
+The one trick is :func:`field_floats`: OR-ing an integer $f < 2^{23}$ into the mantissa of
+$2^{23}$ (bit pattern ``0x4B000000``) gives the float32 $2^{23} + f$ exactly, so a bit mask
+and a subtraction replace the shift, sign extension and int-to-float conversion:
+
+$$q - z = \big(2^{23} + q\big) - \big(2^{23} + z\big) \quad\text{(exact: both are
+integers below } 2^{24}\text{)}.$$
+
+LLVM lowers a generic vector to what the target has: one zmm register with AVX-512 (the
+logic in one ``vpternlogd``), two ymm with AVX2, four xmm with SSE or NEON. The same code is
+therefore right on every CPU; only its speed depends on the registers. The one instruction
+some CPUs lack is the float16 to float32 conversion of the scales (x86 F16C, present on
+every CPU with AVX2): :func:`minquant.kernels.gemv_simd.simd_available` checks for it.
 
 Every load takes an array and a **byte offset** into its data, whatever the dtype;
 nothing checks bounds: the caller sizes every array for the loop it runs.
 
-References: the LLVM language reference (vector types, ``shufflevector``, ``llvm.fmuladd``,
-the ``min-legal-vector-width`` function attribute); Intel 64 and IA-32 Architectures
-Optimization Reference Manual (512-bit vectors and frequency).
+References: the LLVM language reference (vector types, ``shufflevector``,
+``llvm.fmuladd``); the $2^{23}$ "magic number" conversion: J.-M. Muller et al., *Handbook of
+Floating-Point Arithmetic*, 2nd ed., 2018, sec. 2.2 (float formats) and the classic
+``0x4B000000`` trick of int/float conversion.
 """
 
 from llvmlite import ir
@@ -33,7 +41,7 @@ from numba.extending import intrinsic, models, register_model
 _I8, _I32 = ir.IntType(8), ir.IntType(32)
 _F32X16 = ir.VectorType(ir.FloatType(), 16)  # <16 x float>
 _F16X16 = ir.VectorType(ir.HalfType(), 16)  # <16 x half>
-_I8X32 = ir.VectorType(_I8, 32)  # <32 x i8>
+_I32X16 = ir.VectorType(_I32, 16)  # <16 x i32>
 _I8X16 = ir.VectorType(_I8, 16)  # <16 x i8>
 
 
@@ -44,14 +52,14 @@ class F32x16(types.Type):
         super().__init__(name="f32x16")
 
 
-class I8x32(types.Type):
-    """32 int8 lanes (32 bytes)."""
+class I32x16(types.Type):
+    """16 int32 lanes (64 bytes)."""
 
     def __init__(self) -> None:
-        super().__init__(name="i8x32")
+        super().__init__(name="i32x16")
 
 
-f32x16, i8x32 = F32x16(), I8x32()
+f32x16, i32x16 = F32x16(), I32x16()
 
 
 @register_model(F32x16)
@@ -60,10 +68,10 @@ class _F32x16Model(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _F32X16)
 
 
-@register_model(I8x32)
-class _I8x32Model(models.PrimitiveModel):
+@register_model(I32x16)
+class _I32x16Model(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _I8X32)
+        super().__init__(dmm, fe_type, _I32X16)
 
 
 def _address(context, builder, array_type, array, byte_offset, pointee):
@@ -104,78 +112,6 @@ def load_f16x16(typingctx, array, byte_offset):
         return builder.fpext(builder.bitcast(halves, _F16X16), _F32X16)
 
     return f32x16(array, byte_offset), _load(ir.VectorType(ir.IntType(16), 16), to_float)
-
-
-@intrinsic
-def load_i8x32(typingctx, array, byte_offset):
-    """The 32 bytes at ``byte_offset`` of ``array``."""
-    return i8x32(array, byte_offset), _load(_I8X32)
-
-
-@intrinsic
-def splat_i8x32(typingctx, value):
-    """The low byte of the integer ``value`` in all 32 lanes."""
-
-    def codegen(context, builder, sig, args):
-        return _splat(builder, _I8X32, builder.trunc(args[0], _I8))
-
-    return i8x32(value), codegen
-
-
-@intrinsic
-def xor_i8x32(typingctx, a, b):
-    """Lane-wise ``a ^ b``."""
-
-    def codegen(context, builder, sig, args):
-        return builder.xor(args[0], args[1])
-
-    return i8x32(i8x32, i8x32), codegen
-
-
-def _nibble(high):
-    def codegen(context, builder, sig, args):
-        byte, zero = args
-        if high:
-            field = builder.lshr(byte, _splat(builder, _I8X32, _I8(4)))
-        else:
-            field = builder.and_(byte, _splat(builder, _I8X32, _I8(15)))
-        # NOTE: field in [0, 15] and zero in [0, 15 + 8]: the int8 difference is exact.
-        return builder.sub(field, zero)
-
-    return codegen
-
-
-@intrinsic
-def low_nibbles(typingctx, byte, zero):
-    """``(byte & 15) - zero`` per lane (int8; the caller keeps it in range)."""
-    return i8x32(i8x32, i8x32), _nibble(high=False)
-
-
-@intrinsic
-def high_nibbles(typingctx, byte, zero):
-    """``(byte >> 4) - zero`` per lane (logical shift; int8)."""
-    return i8x32(i8x32, i8x32), _nibble(high=True)
-
-
-def _to_float(first):
-    def codegen(context, builder, sig, args):
-        half = ir.Constant(ir.VectorType(_I32, 16), [_I32(first + i) for i in range(16)])
-        part = builder.shuffle_vector(args[0], args[0], half)  # <16 x i8>
-        return builder.sitofp(part, _F32X16)  # exact: |v| < 2^24
-
-    return codegen
-
-
-@intrinsic
-def float_lanes_0_15(typingctx, v):
-    """Lanes 0-15 of an ``I8x32`` as 16 float32 (sign-extended, then converted)."""
-    return f32x16(i8x32), _to_float(0)
-
-
-@intrinsic
-def float_lanes_16_31(typingctx, v):
-    """Lanes 16-31 of an ``I8x32`` as 16 float32."""
-    return f32x16(i8x32), _to_float(16)
 
 
 @intrinsic
@@ -228,3 +164,64 @@ def sum_f32x16(typingctx, v):
         return builder.extract_element(value, _I32(0))
 
     return types.float32(f32x16), codegen
+
+
+@intrinsic
+def load_u8x16(typingctx, array, byte_offset):
+    """The 16 bytes at ``byte_offset`` of ``array``, zero-extended to 16 int32 lanes."""
+
+    def widen(builder, value):
+        return builder.zext(value, _I32X16)
+
+    return i32x16(array, byte_offset), _load(_I8X16, widen)
+
+
+@intrinsic
+def load_u8x16_f32(typingctx, array, byte_offset):
+    """The 16 bytes at ``byte_offset`` of ``array`` as 16 float32 (0.0 .. 255.0, exact)."""
+
+    def to_float(builder, value):
+        return builder.uitofp(value, _F32X16)
+
+    return f32x16(array, byte_offset), _load(_I8X16, to_float)
+
+
+@intrinsic
+def field_floats(typingctx, word, mask, bits):
+    r"""The float32 whose bit pattern is ``((word ^ bits) & mask) | (bits & ~mask)`` per lane.
+
+    With ``bits`` $= 2^{23}$'s pattern ``0x4B000000`` (plus a flip inside ``mask``) and
+    ``mask`` a field of the low 23 bits, this is $2^{23} + f$ for the field value $f$:
+    an int-to-float conversion in one bitwise instruction (``vpternlogd``).
+    """
+
+    def codegen(context, builder, sig, args):
+        word = args[0]
+        mask = _splat(builder, _I32X16, builder.trunc(args[1], _I32))
+        bits = _splat(builder, _I32X16, builder.trunc(args[2], _I32))
+        field = builder.and_(builder.xor(word, bits), mask)
+        rest = builder.and_(bits, builder.not_(mask))
+        return builder.bitcast(builder.or_(field, rest), _F32X16)
+
+    return f32x16(i32x16, mask, bits), codegen
+
+
+@intrinsic
+def splat_f32x16(typingctx, value):
+    """The float ``value`` (rounded to float32) in all 16 lanes."""
+
+    def codegen(context, builder, sig, args):
+        scalar = context.cast(builder, args[0], sig.args[0], types.float32)
+        return _splat(builder, _F32X16, scalar)
+
+    return f32x16(value), codegen
+
+
+@intrinsic
+def sub_f32x16(typingctx, a, b):
+    """Lane-wise ``a - b``."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fsub(args[0], args[1])
+
+    return f32x16(f32x16, f32x16), codegen

@@ -1,26 +1,36 @@
 r"""The int4 weight-only GEMV on explicit SIMD vectors (:mod:`minquant.kernels.gemv_ir`).
 
-Same layout and the same sum as :func:`minquant.kernels.gemv.matmul_weight_only` (group-
-interleaved rows, one partial sum per lane, the scales applied once per row), with the
-inner loop written in vectors: per 32 bytes of a row (64 codes of 32 lanes),
+Same layout and the same sum as the scalar kernel of :mod:`minquant.kernels.gemv_plain`
+(group-interleaved rows, one partial sum per lane, the scales applied once per row), with
+the inner loop written in vectors of 16 lanes. Per 16 bytes $b$ of a row (32 codes of
+16 lanes), zero-extended to one byte per 32-bit lane:
 
-$$\mathrm{acc}^{\mathrm{lo}}_l \mathrel{+}= (q^{\mathrm{lo}}_l - z_l)\, x^{\mathrm{even}}_l,
-\qquad \mathrm{acc}^{\mathrm{hi}}_l \mathrel{+}= (q^{\mathrm{hi}}_l - z_l)\, x^{\mathrm{odd}}_l,$$
+$$\mathrm{acc}^{\mathrm{lo}} \mathrel{+}= \big[(2^{23} + (b \mathbin{\&} 15))
+- (2^{23} + z)\big]\, x^{\mathrm{even}}, \qquad
+\mathrm{acc}^{\mathrm{hi}} \mathrel{+}= \big[(2^{23} + (b \mathbin{\&} 240))
+- (2^{23} + 16 z)\big]\, x^{\mathrm{odd}},$$
 
-with $q^{\mathrm{lo}} = b \mathbin{\&} 15$ and $q^{\mathrm{hi}} = b \gg 4$ split on all 32
-bytes at once, $q - z$ subtracted **as int8** (exact), then one int-to-float conversion and
-one multiply-add per code. Signed codes are two's complement nibbles: ``b ^ 0x88`` reads
-both as offset binary $q + 8$, and the zero point becomes $z + 8$. At the end of the row,
-$y_n = \sum_l s_l (\mathrm{acc}^{\mathrm{lo}}_l + \mathrm{acc}^{\mathrm{hi}}_l)$ with the
-float16 scales converted in the vector unit.
+where $2^{23} + f$ is the field $f$ OR-ed into the mantissa of $2^{23}$
+(:func:`~minquant.kernels.gemv_ir.field_floats`): one bitwise instruction, one exact float
+subtraction and one multiply-add per code, no shift, no sign extension, no int-to-float
+conversion. The high nibble is read in place, as $16 q^{\mathrm{hi}}$, so
+$\mathrm{acc}^{\mathrm{hi}}$ is 16 times the sum it stands for; at the end of the row,
 
-Rounding: the codes and $q - z$ are exact integers, so the result is a float32 sum of the
-same products as the scalar kernel, in another order: within
+$$y_n = \sum_l s_l \big(\mathrm{acc}^{\mathrm{lo}}_l
++ \tfrac{1}{16}\,\mathrm{acc}^{\mathrm{hi}}_l\big)$$
+
+with the float16 scales converted in the vector unit. Signed codes are two's complement
+nibbles: flipping each nibble's top bit (``b ^ 0x88``, folded into the same bitwise
+instruction) reads them as offset binary $q + 8$, and the zero point becomes $z + 8$.
+
+Rounding: $q - z$ is exact (integers below $2^{24}$), and scaling a float32 sum by 16 or
+1/16 is exact (a power of two, barring overflow and subnormals), so the result is a float32
+sum of the same products as the scalar kernel, in another order: within
 :func:`~minquant.kernels.gemv.rounding_bound` of ``dequantize``-then-matmul.
 
 Needs ``lanes % 32 == 0`` (:func:`~minquant.kernels.gemv.interleave_lanes` gives at least 32
-lanes, so any row of >= 32 groups of an even size, or a multiple of 64 codes); the caller
-falls back to the scalar kernel otherwise.
+lanes: rows of 32 or more groups, or of a power-of-two number of groups of 64 or more codes)
+and zero points in uint8; the caller runs the scalar kernel otherwise.
 """
 
 import numpy as np
@@ -28,21 +38,19 @@ from numba import config, njit, prange
 
 from minquant.kernels.gemv_ir import (
     add_f32x16,
-    float_lanes_0_15,
-    float_lanes_16_31,
-    high_nibbles,
+    field_floats,
     load_f16x16,
     load_f32x16,
-    load_i8x32,
-    low_nibbles,
+    load_u8x16,
+    load_u8x16_f32,
     muladd_f32x16,
-    splat_i8x32,
+    splat_f32x16,
+    sub_f32x16,
     sum_f32x16,
-    xor_i8x32,
     zeros_f32x16,
 )
 
-#: Lanes per vector step: 32 bytes of codes, two F32x16 of each nibble.
+#: Lanes per step of the inner loop: two vectors of 16 (four accumulators in flight).
 STEP = 32
 
 
@@ -69,34 +77,46 @@ def simd_available() -> bool:
 
 @njit(parallel=True, cache=True)
 def int4_simd(packed, scale_lanes, zero_lanes, flip, x_even, x_odd):  # pragma: no cover - jit
-    """y (B, N) from packed (N, B_lane * L) uint8, scale_lanes (N, L) float16, zero_lanes
-    (1 or N, L) uint8 (z + 8 for signed codes), x_even / x_odd (B, B_lane, L) float32."""
+    """y (B, N) from packed (N, B_lane * L) uint8, scale_lanes (N, L) float16 bit patterns,
+    zero_lanes (1 or N, L) uint8 (z + 8 for signed codes), flip 0x88 (signed) or 0,
+    x_even / x_odd (B, B_lane, L) float32: the x of each lane's low and high nibbles."""
     rows = packed.shape[0]
     batch, lane_bytes, lanes = x_even.shape
     row_bytes = lane_bytes * lanes
-    flips = splat_i8x32(flip)
     one_zero_row = zero_lanes.shape[0] == 1  # symmetric: the same z for every row
+    magic = 0x4B000000  # the bit pattern of 2^23
+    bits_lo, bits_hi = magic | (flip & 0x0F), magic | (flip & 0xF0)  # flip inside the field
+    two23, sixteen, sixteenth = splat_f32x16(2.0**23), splat_f32x16(16.0), splat_f32x16(0.0625)
     y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
     for task in prange(rows):
-        # NOTE: a prange index may be typed uint64; int64 offsets mixed with it turn float.
         n = np.int64(task)
         z_row = np.int64(0) if one_zero_row else n
         for b in range(batch):
             total = zeros_f32x16()
             for c in range(0, lanes, STEP):  # 32 lanes at a time
-                zero = load_i8x32(zero_lanes, z_row * lanes + c)
+                z0 = load_u8x16_f32(zero_lanes, z_row * lanes + c)
+                z1 = load_u8x16_f32(zero_lanes, z_row * lanes + c + 16)
+                zl0, zl1 = add_f32x16(z0, two23), add_f32x16(z1, two23)  # 2^23 + z, exact
+                zh0, zh1 = muladd_f32x16(z0, sixteen, two23), muladd_f32x16(z1, sixteen, two23)
                 lo0, lo1, hi0, hi1 = zeros_f32x16(), zeros_f32x16(), zeros_f32x16(), zeros_f32x16()
                 for j in range(lane_bytes):
-                    byte = xor_i8x32(load_i8x32(packed, n * row_bytes + j * lanes + c), flips)
-                    low, high = low_nibbles(byte, zero), high_nibbles(byte, zero)  # q - z, int8
+                    at_codes = n * row_bytes + j * lanes + c
+                    d0, d1 = load_u8x16(packed, at_codes), load_u8x16(packed, at_codes + 16)
                     at = 4 * ((b * lane_bytes + j) * lanes + c)  # byte offset of x[b, j, c]
-                    lo0 = muladd_f32x16(float_lanes_0_15(low), load_f32x16(x_even, at), lo0)
-                    lo1 = muladd_f32x16(float_lanes_16_31(low), load_f32x16(x_even, at + 64), lo1)
-                    hi0 = muladd_f32x16(float_lanes_0_15(high), load_f32x16(x_odd, at), hi0)
-                    hi1 = muladd_f32x16(float_lanes_16_31(high), load_f32x16(x_odd, at + 64), hi1)
+                    # NOTE: (2^23 + q) - (2^23 + z) = q - z exactly; the high field is 16 q.
+                    q = sub_f32x16(field_floats(d0, 0x0F, bits_lo), zl0)
+                    lo0 = muladd_f32x16(q, load_f32x16(x_even, at), lo0)
+                    q = sub_f32x16(field_floats(d1, 0x0F, bits_lo), zl1)
+                    lo1 = muladd_f32x16(q, load_f32x16(x_even, at + 64), lo1)
+                    q = sub_f32x16(field_floats(d0, 0xF0, bits_hi), zh0)
+                    hi0 = muladd_f32x16(q, load_f32x16(x_odd, at), hi0)
+                    q = sub_f32x16(field_floats(d1, 0xF0, bits_hi), zh1)
+                    hi1 = muladd_f32x16(q, load_f32x16(x_odd, at + 64), hi1)
                 s = 2 * (n * lanes + c)  # byte offset of scale_lanes[n, c]
-                total = muladd_f32x16(add_f32x16(lo0, hi0), load_f16x16(scale_lanes, s), total)
-                total = muladd_f32x16(add_f32x16(lo1, hi1), load_f16x16(scale_lanes, s + 32), total)
+                part0 = muladd_f32x16(hi0, sixteenth, lo0)  # hi / 16 exact: a power of two
+                part1 = muladd_f32x16(hi1, sixteenth, lo1)
+                total = muladd_f32x16(part0, load_f16x16(scale_lanes, s), total)
+                total = muladd_f32x16(part1, load_f16x16(scale_lanes, s + 32), total)
             y[b, n] = sum_f32x16(total)
     return y
 
