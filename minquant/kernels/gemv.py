@@ -88,7 +88,9 @@ def int4_kernel(
     """
     if path != "simd" or interleave_lanes(in_features, group_size, 4) % STEP:
         return "plain"
-    if zero_point is not None and zero_point.size:
+    # NOTE: uint8 zero points of unsigned codes (what WeightOnlyLinear stores) need no scan.
+    uint8_as_is = zero_point is not None and zero_point.dtype == np.uint8 and not signed
+    if zero_point is not None and zero_point.size and not uint8_as_is:
         offset = 8 if signed else 0
         low, high = int(zero_point.min()) + offset, int(zero_point.max()) + offset
         if low < 0 or high > 255:
