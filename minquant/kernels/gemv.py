@@ -80,8 +80,9 @@ def int4_kernel(
     in_features: int, group_size: int, zero_point: np.ndarray | None, signed: bool, path: str
 ) -> str:
     r"""Which kernel an int4 product runs on ``path``: ``"simd"`` needs a multiple of 32 lanes
-    (:func:`interleave_lanes`) and zero points with $0 \le z + 8 [\text{signed}] \le 255$
-    (it reads them as uint8); anything else runs ``"plain"``.
+    (:func:`interleave_lanes`) and integer zero points with
+    $0 \le z + 8 [\text{signed}] \le 255$ (it reads them as uint8); anything else runs
+    ``"plain"``.
 
     >>> int4_kernel(4096, 64, None, True, "simd"), int4_kernel(8, 4, None, True, "simd")
     ('simd', 'plain')
@@ -90,6 +91,8 @@ def int4_kernel(
         return "plain"
     # NOTE: uint8 zero points of unsigned codes (what WeightOnlyLinear stores) need no scan.
     uint8_as_is = zero_point is not None and zero_point.dtype == np.uint8 and not signed
+    if zero_point is not None and not np.issubdtype(zero_point.dtype, np.integer):
+        return "plain"
     if zero_point is not None and zero_point.size and not uint8_as_is:
         offset = 8 if signed else 0
         low, high = int(zero_point.min()) + offset, int(zero_point.max()) + offset
