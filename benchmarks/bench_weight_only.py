@@ -10,7 +10,10 @@ used once, so the time is bounded below by (bytes of weights) / (memory bandwidt
 
 * ``f32 sgemv``: ``W @ x`` with float32 ``W`` (64 MiB), NumPy's BLAS;
 * ``int4 g64`` / ``int8 g64``: :func:`minquant.kernels.gemv.matmul_weight_only` on packed codes
-  with one float16 scale per 64 weights (8.5 MiB and 16.5 MiB, symmetric RTN);
+  with one float16 scale per 64 weights (8.5 MiB and 16.5 MiB, symmetric RTN), int4 on the
+  fastest path this CPU runs (``"simd"``: explicit vectors);
+* ``int4 asym``: the same with a zero point per group (``quantize_weights``' default,
+  8.75 MiB), and ``int4 plain``: symmetric int4 forced onto the scalar kernel;
 * ``read probe``: a Numba prange sum over a uint8 buffer (bytes read per second), at the
   size of the int4 weights and at 512 MiB (beyond the last-level cache);
 * ``copy probe``: ``np.copyto`` of 64 MiB (bytes read + written per second).
@@ -55,17 +58,19 @@ def timings(fn, repeats: int) -> dict[str, float]:
     return {"median": statistics.median(times), "min": min(times)}
 
 
-def operands(num_bits: int):
-    """A random 4096 x 4096 weight, RTN-quantized symmetric per group, packed per row."""
+def operands(num_bits: int, symmetric: bool = True):
+    """A random 4096 x 4096 weight, RTN-quantized per group, packed per row."""
     from minquant.kernels.gemv import pack_weight
     from minquant.llm.weight_only import quantize_rtn
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((SIZE, SIZE)).astype(np.float32)  # (out, in)
-    codes, scale, _ = quantize_rtn(w, num_bits, GROUP_SIZE, symmetric=True)
-    packed = pack_weight(codes, num_bits, GROUP_SIZE, signed=True)  # (out, in * b / 8)
+    codes, scale, zero_point = quantize_rtn(w, num_bits, GROUP_SIZE, symmetric=symmetric)
+    packed = pack_weight(codes, num_bits, GROUP_SIZE, signed=symmetric)  # (out, in * b / 8)
+    if zero_point is not None:
+        zero_point = np.asarray(zero_point).astype(np.uint8)  # (out, G)
     x = rng.standard_normal(SIZE).astype(np.float32)
-    return w, packed, scale.astype(np.float16), x
+    return w, packed, scale.astype(np.float16), zero_point, x
 
 
 def worker_numba(repeats: int) -> dict[str, dict[str, float]]:
@@ -81,18 +86,27 @@ def worker_numba(repeats: int) -> dict[str, dict[str, float]]:
         return total
 
     results = {}
-    for num_bits in (4, 8):
-        _, packed, scale, x = operands(num_bits)
+    cases = {
+        "int4": (4, True, None),
+        "int4 asym": (4, False, None),
+        "int4 plain": (4, True, "plain"),
+        "int8": (8, True, None),
+    }
+    for label, (num_bits, symmetric, path) in cases.items():
+        _, packed, scale, zero_point, x = operands(num_bits, symmetric)
 
-        def gemv(x=x, packed=packed, scale=scale, num_bits=num_bits):
+        def gemv(x=x, packed=packed, scale=scale, zero_point=zero_point, num_bits=num_bits,
+                 symmetric=symmetric, path=path):  # fmt: skip
             # as WeightOnlyLinear calls it: scales validated once, not per token
             return matmul_weight_only(
-                x, packed, scale, None, num_bits, GROUP_SIZE, True, check_values=False
-            )
+                x, packed, scale, zero_point, num_bits, GROUP_SIZE, symmetric,
+                check_values=False, path=path,
+            )  # fmt: skip
 
         result = timings(gemv, repeats)
-        result["bytes"] = packed.nbytes + scale.nbytes
-        results[f"int{num_bits}"] = result
+        zero_bytes = 0 if zero_point is None else zero_point.nbytes
+        result["bytes"] = packed.nbytes + scale.nbytes + zero_bytes
+        results[label] = result
     for label, nbytes in (
         ("read int4-size", results["int4"]["bytes"]),
         ("read 512 MiB", 512 * MIB),
@@ -105,7 +119,7 @@ def worker_numba(repeats: int) -> dict[str, dict[str, float]]:
 
 
 def worker_numpy(repeats: int) -> dict[str, dict[str, float]]:
-    w, _, _, x = operands(4)
+    w, _, _, _, x = operands(4)
     results = {"f32 sgemv": timings(lambda: w @ x, repeats)}
     results["f32 sgemv"]["bytes"] = w.nbytes
     src = np.ones(64 * MIB // 4, np.float32)
@@ -146,10 +160,10 @@ def cpu_model() -> str:
 
 def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
     lines = [
-        "| threads | f32 sgemv ms | int4 g64 ms | int8 g64 ms | int4 / f32 speed-up "
-        "| int8 / f32 | int4 GB/s | read probe GB/s (int4-size / 512 MiB) | int4 / probe "
-        "| copy 64 MiB GB/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| threads | f32 sgemv ms | int4 g64 ms | int4 asym ms | int4 plain ms | int8 g64 ms "
+        "| int4 / f32 speed-up | int4 asym / f32 | int4 plain / f32 | int8 / f32 | int4 GB/s "
+        "| read probe GB/s (int4-size / 512 MiB) | int4 / probe | copy 64 MiB GB/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for threads, r in results.items():
 
@@ -159,10 +173,15 @@ def table(results: dict[int, dict[str, dict[str, float]]]) -> str:
         def gbs(key: str, r: dict = r) -> float:
             return r[key]["bytes"] / r[key]["median"] / 1e9
 
-        f32, int4, int8 = (r[k]["median"] for k in ("f32 sgemv", "int4", "int8"))
+        f32 = r["f32 sgemv"]["median"]
+
+        def speedup(key: str, r: dict = r, f32: float = f32) -> str:
+            return f"{f32 / r[key]['median']:.2f}x"
+
         lines.append(
-            f"| {threads} | {ms('f32 sgemv')} | {ms('int4')} | {ms('int8')} "
-            f"| {f32 / int4:.2f}x | {f32 / int8:.2f}x | {gbs('int4'):.1f} "
+            f"| {threads} | {ms('f32 sgemv')} | {ms('int4')} | {ms('int4 asym')} "
+            f"| {ms('int4 plain')} | {ms('int8')} | {speedup('int4')} | {speedup('int4 asym')} "
+            f"| {speedup('int4 plain')} | {speedup('int8')} | {gbs('int4'):.1f} "
             f"| {gbs('read int4-size'):.1f} / {gbs('read 512 MiB'):.1f} "
             f"| {gbs('int4') / gbs('read int4-size'):.0%} | {gbs('copy 64 MiB'):.1f} |"
         )
@@ -196,7 +215,10 @@ def main() -> None:
         print(json.dumps({"cpu": cpu_model(), "results": results}, indent=2))
         return
     clock = "process CPU time" if args.cpu_time else "wall time"
+    from minquant.kernels.gemv import available_paths
+
     print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; {SIZE} x {SIZE}, batch 1; {clock}")
+    print(f"int4 paths available: {available_paths()}")
     print(f"load average before / after: {load_before} / {os.getloadavg()}")
     print("median ms over the repeats (minimum in brackets); GB/s from the medians\n")
     print(table(results))

@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 
 import minquant as mq
 from minquant.kernels.gemv import (
-    _half_to_float,
     interleave_lanes,
     matmul_weight_only,
     matmul_weight_only_ref,
@@ -15,6 +14,7 @@ from minquant.kernels.gemv import (
     rounding_bound,
     unpack_weight,
 )
+from minquant.kernels.gemv_plain import _half_to_float
 from minquant.packing import pack_bits
 
 

@@ -18,7 +18,9 @@ One idea per module (the first four re-exported here; the last two imported by n
 * :mod:`minquant.kernels.requant`: int32 accumulators -> int8 codes, both styles;
 * :mod:`minquant.kernels.directconv`: convolution and requantization fused in one pass;
 * :mod:`minquant.kernels.vnni`: the int8 GEMM on the CPU's dot-product instructions (VNNI, AVX2);
-* :mod:`minquant.kernels.gemv`: weight-only (int4, int8, 2-7 bit) matrix-vector products.
+* :mod:`minquant.kernels.gemv`: weight-only (int4, int8, 2-7 bit) matrix-vector products
+  (scalar kernels in :mod:`~minquant.kernels.gemv_plain`, the int4 one on explicit vectors in
+  :mod:`~minquant.kernels.gemv_simd` with its vector types in :mod:`~minquant.kernels.gemv_ir`).
 
 Imported by name instead (the integer layers call them): :mod:`minquant.kernels.vnni` (the int8
 GEMM with the CPU's dot-product instructions), :mod:`minquant.kernels.vnni_conv` (a convolution

@@ -19,182 +19,86 @@ converted exactly to float32 in the kernel); ``zero_point`` is (out, in // g) or
 bits; the 2-7-bit kernel flips each field's sign bit to read offset binary,
 $q + 2^{b-1}$, and adds $2^{b-1}$ to the zero point).
 
+Kernels: :mod:`minquant.kernels.gemv_plain` (scalar Numba loops, every bit width, every
+machine) and, for int4, :mod:`minquant.kernels.gemv_simd` (explicit vectors: one bitwise
+operation, one exact subtraction and one multiply-add per code). The int4 path is
+chosen at run time (:func:`select_path`): ``"simd"`` where it can run, else ``"plain"``;
+force one with ``path=`` or the environment variable ``MINQUANT_GEMV_PATH``.
+
 Rounding: the result equals :func:`matmul_weight_only_ref` (``dequantize``, then a float32
-matmul) up to float32 summation order, bounded by :func:`rounding_bound`.
+matmul) up to float32 summation order, bounded by :func:`rounding_bound`, on every path.
 
 References: E. Frantar et al., "GPTQ", ICLR 2023 (its int4 GEMV kernel);
 llama.cpp ``ggml_vec_dot_q4_0``; S. Williams et al., "Roofline", CACM 2009.
 """
 
-import numpy as np
-from numba import njit, prange
+import os
 
+import numpy as np
+
+from minquant.kernels.gemv_plain import _bits_kernel, _int4_kernel, _int8_kernel
+from minquant.kernels.gemv_simd import STEP, int4_simd, simd_available
 from minquant.packing import pack_bits, unpack_bits
 from minquant.quant import dequantize
 
 #: Bit widths the kernels read (int4 and int8 have dedicated kernels, the rest share one).
 KERNEL_BITS = (2, 3, 4, 5, 6, 7, 8)
 
+#: Inner loops of the int4 kernel, fastest first.
+PATHS = ("simd", "plain")
 
-#: 2^(e - 25) for the float16 exponent field e = 0..31 (e = 0 reads as 1: subnormals).
-_HALF_POW2 = np.array([2.0 ** (max(e, 1) - 25) for e in range(32)], dtype=np.float32)
 
+def available_paths() -> tuple[str, ...]:
+    """The int4 inner loops this machine can run, fastest first (always ends with "plain").
 
-@njit(cache=True)
-def _half_to_float(h):
-    r"""A positive finite float16 bit pattern (uint16) as float32, exactly and branch-free.
-
-    $v = (2^{10} [e > 0] + m) \cdot 2^{\max(e, 1) - 25}$ with exponent field $e$ and
-    mantissa $m$: the implicit leading 1 of normal numbers, none for subnormals. Both
-    factors are exact in float32, so is their product. The sign bit is ignored (scales
-    are positive; :func:`matmul_weight_only` checks).
+    >>> available_paths()[-1]
+    'plain'
     """
-    bits = np.int32(h)
-    exponent = (bits >> 10) & 0x1F
-    mantissa = (bits & 0x3FF) + (1024 if exponent > 0 else 0)
-    return np.float32(mantissa) * _HALF_POW2[exponent]
+    return ("simd", "plain") if simd_available() else ("plain",)
 
 
-# NOTE: "reassoc" lets LLVM reorder the float32 sums across SIMD lanes and "contract" fuse
-# multiply-adds; rounding_bound holds for any order. No other fast-math flag (NaN and Inf in
-# x still propagate).
-FASTMATH = {"reassoc", "contract"}
+def select_path(path: str | None = None) -> str:
+    """``path`` if given, else ``$MINQUANT_GEMV_PATH``, else the fastest available path.
 
-#: Output rows per parallel task (each task allocates its small per-row buffers once).
-ROW_BLOCK = 16
+    Raises ValueError for an unknown path or one this machine cannot run.
 
-
-@njit(cache=True)
-def _split_nibbles(byte, flip):
-    """(low, high) nibble of ``byte ^ flip`` as float32 (see _int4_kernel)."""
-    # NOTE: split in float32 (exact below 2^24): t = 16 high + low, high = floor(t / 16).
-    # Integer shifts and masks would be widened to int64 by Numba (half the SIMD lanes).
-    t = np.float32(byte ^ flip)
-    high = np.floor(t * np.float32(0.0625))
-    return t - np.float32(16.0) * high, high
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def _scaled_sum(acc, scale):
-    r"""$\sum_g s_g \sum_{l \in g} acc_l$ (the lanes of a group are contiguous)."""
-    groups = scale.shape[0]
-    split = acc.shape[0] // groups  # lanes per group
-    total = np.float32(0.0)
-    if split == 1:  # NOTE: the common case gets its own loop: a plain dot product, in SIMD
-        for g in range(groups):
-            total += scale[g] * acc[g]
-        return total
-    for g in range(groups):
-        part = np.float32(0.0)
-        for c in range(g * split, (g + 1) * split):
-            part += acc[c]
-        total += scale[g] * part
-    return total
+    >>> select_path("plain")
+    'plain'
+    """
+    path = path or os.environ.get("MINQUANT_GEMV_PATH") or available_paths()[0]
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if path not in available_paths():
+        raise ValueError(
+            f"path {path!r} cannot run here (available: {available_paths()}; it needs "
+            "compiled code and, on x86, the F16C instructions)"
+        )
+    return path
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _int4_kernel(packed, scale_bits, zero_point, z_offset, x_even, x_odd, flip):
-    # packed (N, B_lane, L): row n's byte i of every lane, then byte i + 1, ...;
-    # x_even / x_odd (B, B_lane, L): the x of the low and high nibbles, in the same order
-    rows, lane_bytes, lanes = packed.shape
-    batch = x_even.shape[0]
-    split = lanes // scale_bits.shape[1]  # lanes per group
-    has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
-    y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
-    for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
-        scale = np.empty(scale_bits.shape[1], dtype=np.float32)  # (G,) the row's scales
-        z_hi = np.empty(lanes, dtype=np.float32)  # (L,) zero point of the high nibbles
-        z_lo = np.empty(lanes, dtype=np.float32)  # (L,) ... of the low nibbles
-        acc = np.empty(lanes, dtype=np.float32)  # (L,) one partial sum per lane
-        for n in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            for g in range(scale.shape[0]):
-                scale[g] = _half_to_float(scale_bits[n, g])
-            if has_zero_point:
-                for lane in range(lanes):
-                    z_hi[lane] = np.float32(zero_point[n, lane // split])
-                    z_lo[lane] = z_hi[lane] + np.float32(z_offset)
-            for b in range(batch):
-                acc[:] = 0.0
-                for i in range(lane_bytes):
-                    codes = packed[n, i]  # (L,) byte i of every lane
-                    xe = x_even[b, i]  # (L,)
-                    xo = x_odd[b, i]  # (L,)
-                    # NOTE: the SIMD lanes run across lanes of the row (contiguous bytes,
-                    # one partial sum each): no horizontal sum and no scale per group.
-                    if has_zero_point:
-                        for c in range(lanes):
-                            lo, hi = _split_nibbles(codes[c], flip)
-                            acc[c] += (lo - z_lo[c]) * xe[c] + (hi - z_hi[c]) * xo[c]
-                    else:  # symmetric: the same loop with two loads and a subtraction less
-                        for c in range(lanes):
-                            lo, hi = _split_nibbles(codes[c], flip)
-                            acc[c] += (lo - np.float32(z_offset)) * xe[c] + hi * xo[c]
-                y[b, n] = _scaled_sum(acc, scale)
-    return y
+def int4_kernel(
+    in_features: int, group_size: int, zero_point: np.ndarray | None, signed: bool, path: str
+) -> str:
+    r"""Which kernel an int4 product runs on ``path``: ``"simd"`` needs a multiple of 32 lanes
+    (:func:`interleave_lanes`) and integer zero points with
+    $0 \le z + 8 [\text{signed}] \le 255$ (it reads them as uint8); anything else runs
+    ``"plain"``.
 
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _int8_kernel(codes, scale_bits, zero_point, x):
-    # codes (N, B_lane, L) int8 or uint8: row n's code i of every lane, then i + 1, ...;
-    # x (B, B_lane, L): the x of each code, in the same order
-    rows, lane_bytes, lanes = codes.shape
-    batch = x.shape[0]
-    split = lanes // scale_bits.shape[1]  # lanes per group
-    has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
-    y = np.empty((batch, rows), dtype=np.float32)  # (B, N)
-    for block in prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
-        scale = np.empty(scale_bits.shape[1], dtype=np.float32)  # (G,) the row's scales
-        z = np.empty(lanes, dtype=np.float32)  # (L,) zero point of each lane
-        acc = np.empty(lanes, dtype=np.float32)  # (L,) one partial sum per lane
-        for n in range(block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)):
-            for g in range(scale.shape[0]):
-                scale[g] = _half_to_float(scale_bits[n, g])
-            if has_zero_point:
-                for lane in range(lanes):
-                    z[lane] = np.float32(zero_point[n, lane // split])
-            for b in range(batch):
-                acc[:] = 0.0
-                for i in range(lane_bytes):
-                    row = codes[n, i]  # (L,) code i of every lane
-                    xs = x[b, i]  # (L,)
-                    if has_zero_point:
-                        for c in range(lanes):
-                            acc[c] += (np.float32(row[c]) - z[c]) * xs[c]
-                    else:
-                        for c in range(lanes):
-                            acc[c] += np.float32(row[c]) * xs[c]
-                y[b, n] = _scaled_sum(acc, scale)
-    return y
-
-
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _bits_kernel(packed, scale_bits, zero_point, z_offset, x_phases, group_size, nbits, flip):
-    # 8 codes fill nbits bytes: read them as one little-endian 64-bit word per unit.
-    rows, groups = scale_bits.shape
-    batch = x_phases.shape[0]
-    units = group_size // 8  # units per group
-    mask = np.uint64(2**nbits - 1)
-    has_zero_point = zero_point.shape[0] > 0  # (0, 0) stands for "no zero point"
-    y = np.zeros((batch, rows), dtype=np.float32)  # (B, N)
-    for n in prange(rows):
-        for g in range(groups):
-            s = _half_to_float(scale_bits[n, g])
-            z = np.float32(z_offset)
-            if has_zero_point:
-                z += np.float32(zero_point[n, g])
-            codes = packed[n, g * units * nbits : (g + 1) * units * nbits]
-            for b in range(batch):
-                acc = np.float32(0.0)
-                for u in range(units):
-                    word = np.uint64(0)
-                    for i in range(nbits):
-                        word |= np.uint64(codes[u * nbits + i]) << np.uint64(8 * i)
-                    word ^= flip
-                    for k in range(8):
-                        field = (word >> np.uint64(nbits * k)) & mask
-                        acc += (np.float32(field) - z) * x_phases[b, k, g * units + u]
-                y[b, n] += s * acc
-    return y
+    >>> int4_kernel(4096, 64, None, True, "simd"), int4_kernel(8, 4, None, True, "simd")
+    ('simd', 'plain')
+    """
+    if path != "simd" or interleave_lanes(in_features, group_size, 4) % STEP:
+        return "plain"
+    # NOTE: uint8 zero points of unsigned codes (what WeightOnlyLinear stores) need no scan.
+    uint8_as_is = zero_point is not None and zero_point.dtype == np.uint8 and not signed
+    if zero_point is not None and not np.issubdtype(zero_point.dtype, np.integer):
+        return "plain"
+    if zero_point is not None and zero_point.size and not uint8_as_is:
+        offset = 8 if signed else 0
+        low, high = int(zero_point.min()) + offset, int(zero_point.max()) + offset
+        if low < 0 or high > 255:
+            return "plain"
+    return "simd"
 
 
 def _check_operands(x, packed, scale, zero_point, num_bits, group_size, check_values=True):
@@ -315,6 +219,7 @@ def matmul_weight_only(
     group_size: int,
     signed: bool,
     check_values: bool = True,
+    path: str | None = None,
 ) -> np.ndarray:
     r"""$y = x\,\hat{W}^\top$ for packed weights $\hat{W}_{n,i} = s_{n,g}(q_{n,i} - z_{n,g})$.
 
@@ -325,6 +230,8 @@ def matmul_weight_only(
     over blocks of output rows. ``check_values=False`` skips the O(N K / g) check that every
     scale is positive and finite (a caller that validated them once, such as
     :class:`~minquant.llm.weight_only.WeightOnlyLinear`, saves that time per token).
+    ``path`` picks the int4 inner loop (:func:`select_path`, :func:`int4_kernel`); the other
+    bit widths always run the scalar kernels.
 
     >>> w_q = np.array([[1, -2, 3, -4], [7, 0, -8, 1]], dtype=np.int8)  # (N, K) = (2, 4)
     >>> packed = pack_weight(w_q, 4, 2, signed=True)  # (2, 2) bytes
@@ -339,25 +246,33 @@ def matmul_weight_only(
     batch = x2.shape[0]
     packed = np.ascontiguousarray(packed)
     scale_bits = np.ascontiguousarray(scale).view(np.uint16)  # (N, G) float16 bit patterns
+    zero_point = None if zero_point is None else np.asarray(zero_point)  # (N, G)
+    kernel_zero_point = zero_point
     if zero_point is None:
-        zero_point = np.zeros((0, 0), dtype=np.uint8)
+        kernel_zero_point = np.zeros((0, 0), dtype=np.uint8)  # (0, 0) stands for "none"
     # NOTE: signed codes are read through an int8 view (two's complement, sign-extended).
     codes = packed.view(np.int8) if signed else packed
     if num_bits in INTERLEAVED_BITS:
         lanes = interleave_lanes(in_features, group_size, num_bits)
     if num_bits == 4:
+        x4 = x2.reshape(batch, lanes, -1, 2)  # (B, L, B_lane, 2): even and odd k
+        x_even = np.ascontiguousarray(x4[..., 0].transpose(0, 2, 1))  # (B, B_lane, L)
+        x_odd = np.ascontiguousarray(x4[..., 1].transpose(0, 2, 1))  # (B, B_lane, L)
+        kernel = int4_kernel(in_features, group_size, zero_point, signed, select_path(path))
+    if num_bits == 4 and kernel == "simd":
+        split = lanes // scale.shape[1]  # lanes per group
+        y = _int4_simd(x_even, x_odd, packed, scale_bits, zero_point, split, signed)  # (B, N)
+    elif num_bits == 4:
         # NOTE: flipping the low nibble's sign bit makes int8(byte ^ 0x08) = 16 q_hi + q_lo + 8
         # with the signed high code q_hi: the float split then yields q_hi and q_lo + 8.
         flip = np.int8(0x08) if signed else np.uint8(0)
         z_offset = 8 if signed else 0
-        x4 = x2.reshape(batch, lanes, -1, 2)  # (B, L, B_lane, 2): even and odd k
-        x_even = np.ascontiguousarray(x4[..., 0].transpose(0, 2, 1))  # (B, B_lane, L)
-        x_odd = np.ascontiguousarray(x4[..., 1].transpose(0, 2, 1))  # (B, B_lane, L)
         codes3 = codes.reshape(codes.shape[0], -1, lanes)  # (N, B_lane, L) a view
-        y = _int4_kernel(codes3, scale_bits, zero_point, z_offset, x_even, x_odd, flip)
+        y = _int4_kernel(codes3, scale_bits, kernel_zero_point, z_offset, x_even, x_odd, flip)
     elif num_bits == 8:
         x3 = np.ascontiguousarray(x2.reshape(batch, lanes, -1).transpose(0, 2, 1))  # (B, B_lane, L)
-        y = _int8_kernel(codes.reshape(codes.shape[0], -1, lanes), scale_bits, zero_point, x3)
+        codes3 = codes.reshape(codes.shape[0], -1, lanes)  # (N, B_lane, L) a view
+        y = _int8_kernel(codes3, scale_bits, kernel_zero_point, x3)
     else:
         sign_bits = sum(1 << (num_bits * k + num_bits - 1) for k in range(8))
         flip = np.uint64(sign_bits if signed else 0)
@@ -367,9 +282,26 @@ def matmul_weight_only(
             x2.reshape(batch, in_features // 8, 8).transpose(0, 2, 1)
         )  # (B, 8, K/8)
         y = _bits_kernel(
-            packed, scale_bits, zero_point, z_offset, x_phases, group_size, num_bits, flip
+            packed, scale_bits, kernel_zero_point, z_offset, x_phases, group_size, num_bits, flip
         )
     return y[0] if np.ndim(x) == 1 else y
+
+
+def _int4_simd(x_even, x_odd, packed, scale_bits, zero_point, split, signed):
+    """:func:`~minquant.kernels.gemv_simd.int4_simd` with per-lane scales and zero points
+    (the stored arrays themselves when a lane is a whole group, ``split == 1``)."""
+    lanes = x_even.shape[2]
+    scale_lanes = scale_bits if split == 1 else np.repeat(scale_bits, split, axis=1)  # (N, L)
+    offset = 8 if signed else 0  # NOTE: b ^ 0x88 reads signed nibbles as q + 8
+    if zero_point is None:
+        zero_lanes = np.full((1, lanes), offset, dtype=np.uint8)  # (1, L) the same every row
+    else:
+        zero_lanes = zero_point if split == 1 else np.repeat(zero_point, split, axis=1)  # (N, L)
+        if offset or zero_lanes.dtype != np.uint8:
+            # NOTE: int4_kernel checked 0 <= z + offset <= 255: exact in uint8.
+            zero_lanes = (zero_lanes.astype(np.int16) + offset).astype(np.uint8)
+    scale_lanes, zero_lanes = np.ascontiguousarray(scale_lanes), np.ascontiguousarray(zero_lanes)
+    return int4_simd(packed, scale_lanes, zero_lanes, 0x88 if signed else 0, x_even, x_odd)
 
 
 def matmul_weight_only_ref(
