@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minquant import nn
+from minquant.qnn.mobile import SimulatedGlobalAvgPool2d
 from minquant.qnn.qparams import Dequantize, QParams, Quantize, QuantizedModule
 from minquant.qnn.requant import DEFAULT_ROUNDING
 from minquant.quant import fake_quantize, sqnr
@@ -60,7 +61,7 @@ class Step:
 
     float_layers: list[nn.Module]  # e.g. [Conv2d, ReLU] (BatchNorm already folded)
     module: QuantizedModule  # the integer-only module
-    sim_layer: nn.Module | None  # Conv2d/Linear with fake-quantized weights, else None
+    sim_layer: nn.Module | None  # Conv2d/Linear (dequantized weights), pooling twin, or None
     qparams: QParams  # of the step's output
 
 
@@ -147,6 +148,8 @@ class QuantizedModel:
             for layer in step.float_layers:
                 x = layer(x)
             return x
+        if isinstance(step.sim_layer, SimulatedGlobalAvgPool2d):
+            return step.sim_layer(x)  # rounds onto the grid itself, as the integer pool
         x = step.sim_layer(x)
         for relu in step.float_layers[1:]:
             x = relu(x)
@@ -183,6 +186,35 @@ class QuantizedModel:
             x_q = step.module(x_q)
             x_s = self._simulate_step(step, x_s)
             rows.append(self._row(repr(step.module), x_f, x_q, step.qparams, x_s))
+        return rows
+
+    def code_mismatches(self, X: np.ndarray) -> list[dict]:
+        """How often each step's simulation rounds to another code than its integer module.
+
+        Every step is fed the integer model's own input codes (dequantized for the
+        simulation), so the count is the step's own disagreement, not an inherited one. Each
+        row: ``layer``, ``mismatches`` (output codes that differ), ``total`` (output codes)
+        and ``max_abs`` (the largest difference, in codes).
+        """
+        qp = self.quantize.qparams
+        x_q = self.quantize(np.asarray(X, dtype=np.float32))
+        rows = []
+        for step in self.steps:
+            x_hat = (x_q.astype(np.float32) - np.float32(qp.zero_point)) * np.float32(qp.scale)
+            y_q = step.module(x_q)
+            qp = step.qparams
+            y_s = self._simulate_step(step, x_hat)
+            codes = np.rint(y_s / np.float32(qp.scale)).astype(np.int64) + qp.zero_point
+            diff = np.abs(codes - y_q.astype(np.int64))  # same shape as y_q
+            rows.append(
+                {
+                    "layer": repr(step.module),
+                    "mismatches": int(np.count_nonzero(diff)),
+                    "total": int(diff.size),
+                    "max_abs": int(diff.max(initial=0)),
+                }
+            )
+            x_q = y_q
         return rows
 
     @staticmethod
