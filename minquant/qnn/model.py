@@ -151,10 +151,32 @@ class QuantizedModel:
         if isinstance(step.sim_layer, SimulatedGlobalAvgPool2d):
             return step.sim_layer(x)  # rounds onto the grid itself, as the integer pool
         x = step.sim_layer(x)
-        for relu in step.float_layers[1:]:
-            x = relu(x)
+        if len(step.float_layers) > 1:
+            x = np.maximum(x, np.float32(0.0))  # the fused activation's clamp at 0.0
         qp = step.qparams
-        return fake_quantize(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+        x = fake_quantize(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+        return self._clamp_upper(step, x)
+
+    @staticmethod
+    def _clamp_upper(step: Step, x: np.ndarray) -> np.ndarray:
+        """A fused ReLU6 / ClippedReLU: clamp at the grid value of the integer bound's code."""
+        upper = getattr(step.module, "upper", None)
+        if upper is None:
+            return x
+        # NOTE: the integer model clamps at the code of the bound u, rounded its own way:
+        # TFLite z + round(u / s) half away from zero after a float32 division, PyTorch
+        # z + rint(u * (1/s)) half to even. Clamping the float value at u and rounding it
+        # as any other value would follow neither rule at a tie (u = 1.25, s = 0.5: TFLite's
+        # code is z + 3, rint gives z + 2), so the simulation clamps on the grid at the
+        # integer model's own code, as it adds the integer model's own bias.
+        requant, qp = step.module.requant, step.qparams
+        codes = (
+            requant.qmax if requant.upper_q is None else np.minimum(requant.upper_q, requant.qmax)
+        )
+        bound = (np.asarray(codes, np.float32) - np.float32(qp.zero_point)) * np.float32(qp.scale)
+        if bound.ndim == 1:
+            bound = bound.reshape(-1, *[1] * (x.ndim - 2))  # (C, 1, 1) or (C,)
+        return np.minimum(x, bound)  # same shape as x
 
     def simulate(self, X: np.ndarray) -> np.ndarray:
         r"""The fake-quant float simulation of the same model, in float32.
