@@ -7,7 +7,7 @@ model that is quantized; AdaRound's learned codes enter as ``weight_codes``. Act
 integer-only arithmetic (``--requant``, default ``fixedpoint``). Accuracy is on
 ``load_mnist("test")`` (1,000 images: one image is 0.1 pp); ``agree`` is the argmax agreement
 of the integer model with its fake-quant simulation, followed by the number of output codes
-(of all steps, about 21 million) on which the simulation of a step, fed the integer model's
+(of all steps, 19.37 million) on which the simulation of a step, fed the integer model's
 input codes, rounds differently (``QuantizedModel.code_mismatches``).
 
 Usage: ``python benchmarks/advanced_ptq_integer.py [--bits 8 6 4] [--adaround-iterations N]``.
