@@ -8,8 +8,12 @@ replaces (a Conv2d/Linear and its fused ReLU, a pooling, a flatten) with
 * its fake-quant float twin, run by ``simulate(X)``: the same weights (dequantized), each
   output rounded to the same grid, $\hat{x} = s\,(\mathrm{clip}(z + \mathrm{rint}(x/s)) - z)$.
 
-The two agree up to the rounding of the requantization, which is what
-``layer_report(X)`` and the tests measure.
+Where the integer model rounds by a rule of its own, the twin follows it: a fused
+ReLU6/ClippedReLU clamps at the integer model's code of its bound, and global average
+pooling rounds the exact mean with the integer pooling's tie rule
+(:class:`~minquant.qnn.SimulatedGlobalAvgPool2d`). What is left is float32 noise in the
+simulated convolutions near a rounding boundary: ``code_mismatches(X)`` counts it per step,
+``layer_report(X)`` measures the SQNR of both against the float model.
 
 Two sizes are reported: ``nbytes`` (the arrays the int8 forward pass reads, one int8 byte per
 weight code whatever ``weight_bits``) and ``packed_nbytes`` (the same model stored with its
@@ -183,7 +187,9 @@ class QuantizedModel:
 
         $\hat{x} = s\,(\mathrm{clip}(z + \mathrm{rint}(x / s)) - z)$ after the input and
         after every Conv2d/Linear(+ReLU), whose weights are $w_q s_w$ (and, for
-        ``"fixedpoint"``, whose bias is $b_q s_x s_w$).
+        ``"fixedpoint"``, whose bias is $b_q s_x s_w$); a bounded ReLU then clamps at the
+        grid value of the integer model's bound code, and global average pooling runs its
+        twin :class:`~minquant.qnn.SimulatedGlobalAvgPool2d`.
         """
         qp = self.quantize.qparams
         x = fake_quantize(X, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
