@@ -200,7 +200,7 @@ def test_plain_float_mean_misses_ties_the_twin_does_not(requant):
     mean = x_hat.mean(axis=(2, 3))  # (50, 16) float32
     naive = fake_quantize(mean, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
     naive_codes = np.rint(naive / np.float32(qp.scale)).astype(np.int64) + qp.zero_point
-    assert np.count_nonzero(naive_codes[ties] != y_int[ties]) > 20
+    assert np.count_nonzero(naive_codes[ties] != y_int[ties]) >= 100  # 165 and 345 of 421
     y_sim = SimulatedGlobalAvgPool2d(qp, requant)(x_hat)
     sim_codes = np.rint(y_sim / np.float32(qp.scale)).astype(np.int64) + qp.zero_point
     np.testing.assert_array_equal(sim_codes, y_int)

@@ -223,6 +223,13 @@ class QuantizedModel:
         simulation), so the count is the step's own disagreement, not an inherited one. Each
         row: ``layer``, ``mismatches`` (output codes that differ), ``total`` (output codes)
         and ``max_abs`` (the largest difference, in codes).
+
+        >>> from minquant.ptq import quantize_model
+        >>> rng = np.random.default_rng(0)
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4, rng=rng))
+        >>> X = rng.normal(size=(32, 1, 4, 4)).astype(np.float32)
+        >>> [row["mismatches"] for row in quantize_model(model, X).code_mismatches(X)]
+        [0, 0]
         """
         qp = self.quantize.qparams
         x_q = self.quantize(np.asarray(X, dtype=np.float32))
