@@ -20,13 +20,13 @@ requantizer objects (:mod:`minquant.qnn.requant`), fused ReLU6 included.
   $acc = \sum (x_q - z)$, $acc = \mathrm{MBQM}(acc, M_0, shift)$ for $M = s_x / s_y = 1$, then
   an integer division by $n$ rounded half away from zero, plus $z$.
 
-References:
-
-* A. Howard et al., "MobileNets", 2017 (arXiv:1704.04861).
 **Its fake-quant twin** (:class:`SimulatedGlobalAvgPool2d`, what ``QuantizedModel.simulate``
 runs) computes the same mean from the dequantized floats and rounds it with the integer
 path's tie rule, so that equal input codes give equal output codes (as for max pooling).
 
+References:
+
+* A. Howard et al., "MobileNets", 2017 (arXiv:1704.04861).
 * PyTorch ``aten/src/ATen/native/quantized/cpu/AdaptiveAveragePooling.cpp``; TensorFlow
   Lite ``kernels/internal/reference/integer_ops/mean.h``.
 """
@@ -229,7 +229,7 @@ class SimulatedGlobalAvgPool2d(nn.Module):
         total = x.sum(axis=(2, 3), dtype=np.float64)  # (N, C) the float32 inputs, summed
         # NOTE: the exact mean of the real values s (q - z) lies on a grid of step s / n, so
         # a float mean rounded directly lands on either side of a tie at random (float32
-        # noise, about 4 % of pooled values on mobile_cnn differed by 1 code). Each input
+        # noise: 1-4 % of the pooled values of mobile_cnn differed by 1 code). Each input
         # is s (q - z) within 2^-24 relative, so total / s is within n 2^(b-24) < 1/2 of the
         # integer sum t = sum (q - z): rint recovers t, and the mean t / n is then exact.
         t = np.rint(total / np.float64(scale))  # (N, C) the exact sum of (q - z)
