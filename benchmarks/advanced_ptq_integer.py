@@ -6,7 +6,9 @@ model that is quantized; AdaRound's learned codes enter as ``weight_codes``. Act
 8-bit, per tensor, min/max calibrated on the same 256 training images; the integer model runs
 integer-only arithmetic (``--requant``, default ``fixedpoint``). Accuracy is on
 ``load_mnist("test")`` (1,000 images: one image is 0.1 pp); ``agree`` is the argmax agreement
-of the integer model with its fake-quant simulation.
+of the integer model with its fake-quant simulation, followed by the number of output codes
+(of all steps, 19.37 million) on which the simulation of a step, fed the integer model's
+input codes, rounds differently (``QuantizedModel.code_mismatches``).
 
 Usage: ``python benchmarks/advanced_ptq_integer.py [--bits 8 6 4] [--adaround-iterations N]``.
 
@@ -58,11 +60,12 @@ def main() -> None:
         )  # fmt: skip
         pred, sim = qmodel(X_test).argmax(1), qmodel.simulate(X_test).argmax(1)
         acc, agree = 100.0 * np.mean(pred == y_test), 100.0 * np.mean(pred == sim)
-        return f"{acc:5.1f} ({agree:5.1f})"
+        differing = sum(row["mismatches"] for row in qmodel.code_mismatches(X_test))
+        return f"{acc:5.1f} ({agree:5.1f}; {differing})"
 
     columns = ["RTN", "CLE+BA", "CLE+BA+BC", "AdaRound"]
-    print("\nper-tensor weights: integer accuracy % (agreement with the simulation %)")
-    print("bits  " + "".join(f"{c:>16}" for c in columns))
+    print("\nper-tensor weights: integer accuracy % (agreement with the simulation %; codes)")
+    print("bits  " + "".join(f"{c:>20}" for c in columns))
     for bits in args.bits:
         row = [measure(folded, bits, False), measure(absorbed, bits, False)]
         corrected, _ = empirical_bias_correction(
@@ -76,7 +79,7 @@ def main() -> None:
         codes = {i: r.w_q for i, r in results.items()}
         row.append(measure(absorbed, bits, False, codes))
         seconds = time.perf_counter() - start
-        print(f"W{bits}A8 " + "".join(f"{c:>16}" for c in row) + f"   (AdaRound {seconds:.0f} s)")
+        print(f"W{bits}A8 " + "".join(f"{c:>20}" for c in row) + f"   (AdaRound {seconds:.0f} s)")
 
     print("\nper-channel weights")
     for bits in [b for b in args.bits if b <= 4]:

@@ -3,7 +3,8 @@
 * the Numba depthwise kernel equals its NumPy reference and the float convolution exactly;
 * ReLU6 / ClippedReLU clamp at the code of the upper bound (PyTorch's quantize_val rounding);
 * global average pooling matches PyTorch's quantized ``adaptive_avg_pool2d`` bit for bit
-  (``requant="float"``) and TFLite's integer Mean formula (``"fixedpoint"``);
+  (``requant="float"``) and TFLite's integer Mean formula (``"fixedpoint"``), and its
+  fake-quant twin gives the same code for the same input codes, exact ties included;
 * ``quantize_model(mobile_cnn)``: integer vs simulation argmax >= 99.9% at W8A8, and the
   ``requant="float"`` model is bit-identical to its ``torch.ao`` fbgemm twin.
 """
@@ -17,8 +18,16 @@ from minquant import nn
 from minquant.data import load_mnist
 from minquant.kernels.depthwise import depthwise_conv2d_int8, depthwise_conv2d_int8_ref
 from minquant.models import load_pretrained
-from minquant.ptq import quantize_model
-from minquant.qnn import QParams, QuantizedDepthwiseConv2d, QuantizedGlobalAvgPool2d
+from minquant.ptq import Step, convert_group, quantize_model
+from minquant.qnn import (
+    QParams,
+    QuantizedDepthwiseConv2d,
+    QuantizedGlobalAvgPool2d,
+    QuantizedModel,
+    SimulatedGlobalAvgPool2d,
+)
+from minquant.qnn.model import QuantConfig
+from minquant.quant import fake_quantize
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning")
 
@@ -113,6 +122,99 @@ def test_global_avg_pool_float_matches_torch(hw):
     np.testing.assert_array_equal(got, y_t[:, :, 0, 0])
 
 
+@pytest.mark.parametrize(("requant", "bound_code"), [("fixedpoint", 3), ("float", 2)])
+def test_simulation_clamps_at_the_integer_code_of_a_tied_bound(requant, bound_code):
+    # u / s = 1.25 / 0.5 = 2.5: TFLite rounds the bound's code half away from zero (3),
+    # PyTorch and a fake-quantized float clamp half to even (2).
+    linear = nn.Linear(1, 2)
+    linear.weight = nn.Parameter(np.float32([[1.0], [1.0]]))
+    linear.bias = nn.Parameter(np.float32([0.0, 0.0]))
+    act = nn.ClippedReLU(np.float32([1.25, 0.75]))
+    x_qp = QParams(scale=1 / 64, zero_point=-128, qmin=-128, qmax=127)
+    y_qp = QParams(scale=0.5, zero_point=-128, qmin=-128, qmax=127)
+    w_info = (np.int8([[64], [64]]), np.float32([1 / 64]))
+    module, sim = convert_group([linear, act], x_qp, y_qp, w_info, requant)
+    step = Step(float_layers=[linear, act], module=module, sim_layer=sim, qparams=y_qp)
+    config = QuantConfig(8, 8, per_channel=False, observer="minmax", requant=requant)
+    qmodel = QuantizedModel([step], x_qp, nn.Sequential(linear, act), config)
+    X = np.linspace(0.0, 3.9, 50, dtype=np.float32)[:, None]  # (50, 1)
+    assert qmodel.forward_int(X)[:, 0].max() == y_qp.zero_point + bound_code
+    np.testing.assert_array_equal(qmodel.simulate(X), qmodel(X))
+    assert [row["mismatches"] for row in qmodel.code_mismatches(X)] == [0]
+
+
+def _codes_with_ties(rng, qp, shape):
+    """Random int8 codes in [qmin, qmax]; in half the channels, sum(q - z) is n k + n / 2."""
+    x_q = rng.integers(qp.qmin, qp.qmax + 1, size=shape).astype(np.int64)  # (N, C, H, W)
+    n = shape[2] * shape[3]
+    if n % 2:
+        return x_q.astype(np.int8)  # an odd n has no ties
+    for idx in np.ndindex(shape[0], shape[1] // 2):
+        window = x_q[idx]  # (H, W) view
+        excess = (window - qp.zero_point).sum() % n - n // 2  # distance to a tie, mod n
+        for pos in np.ndindex(window.shape):  # move codes down (or up) until it is a tie
+            step = int(np.clip(excess, window[pos] - qp.qmax, window[pos] - qp.qmin))
+            window[pos] -= step
+            excess -= step
+    return x_q.astype(np.int8)
+
+
+def _dequantize(x_q, qp):
+    """The values QuantizedModel.simulate holds for the codes x_q: s (q - z) in float32."""
+    x_hat = (x_q.astype(np.float32) - np.float32(qp.zero_point)) * np.float32(qp.scale)
+    np.testing.assert_array_equal(
+        fake_quantize(x_hat, qp.scale, qp.zero_point, qp.qmin, qp.qmax), x_hat
+    )  # already on the grid
+    return x_hat
+
+
+@given(
+    hw=st.sampled_from([(4, 4), (7, 7), (6, 6), (2, 3), (14, 14), (1, 1)]),
+    requant=st.sampled_from(["fixedpoint", "float"]),
+    scale=st.floats(1e-4, 10.0),
+    zero_point=st.integers(-128, 127),
+    seed=st.integers(0, 2**16),
+)
+def test_simulated_pool_equals_integer_pool_code_for_code(hw, requant, scale, zero_point, seed):
+    rng = np.random.default_rng(seed)
+    qp = QParams(scale=scale, zero_point=zero_point, qmin=-128, qmax=127)
+    x_q = _codes_with_ties(rng, qp, (3, 8, *hw))
+    x_hat = _dequantize(x_q, qp)
+    y_int = QuantizedGlobalAvgPool2d(qp, requant)(x_q)  # (3, 8) int8
+    y_sim = SimulatedGlobalAvgPool2d(qp, requant)(x_hat)  # (3, 8) float32
+    expected = (y_int.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+    np.testing.assert_array_equal(y_sim, expected)  # the same code, the same float value
+
+
+@pytest.mark.parametrize("requant", ["fixedpoint", "float"])
+def test_plain_float_mean_misses_ties_the_twin_does_not(requant):
+    # An odd zero point: half to even on the signed mean and on the unsigned mean differ.
+    qp = QParams(scale=0.0373, zero_point=-101, qmin=-128, qmax=127)
+    rng = np.random.default_rng(3)
+    x_q = _codes_with_ties(rng, qp, (50, 16, 4, 4))
+    n = 16
+    ties = (x_q.astype(np.int64) - qp.zero_point).sum(axis=(2, 3)) % n == n // 2  # (50, 16)
+    assert ties[:, :8].all()  # and, by chance, about 1 in 16 of the others
+    x_hat = _dequantize(x_q, qp)
+    y_int = QuantizedGlobalAvgPool2d(qp, requant)(x_q)
+    mean = x_hat.mean(axis=(2, 3))  # (50, 16) float32
+    naive = fake_quantize(mean, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+    naive_codes = np.rint(naive / np.float32(qp.scale)).astype(np.int64) + qp.zero_point
+    assert np.count_nonzero(naive_codes[ties] != y_int[ties]) >= 100  # 165 and 345 of 421
+    y_sim = SimulatedGlobalAvgPool2d(qp, requant)(x_hat)
+    sim_codes = np.rint(y_sim / np.float32(qp.scale)).astype(np.int64) + qp.zero_point
+    np.testing.assert_array_equal(sim_codes, y_int)
+
+
+def test_simulated_pool_errors():
+    with pytest.raises(ValueError, match="requant"):
+        SimulatedGlobalAvgPool2d(QP, "round")
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        SimulatedGlobalAvgPool2d(QP)(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="pixels"):
+        SimulatedGlobalAvgPool2d(QP)(np.zeros((1, 1, 200, 200), np.float32))
+
+
 @pytest.fixture(scope="module")
 def mobile():
     X_train, _ = load_mnist("train")
@@ -130,6 +232,11 @@ def test_mobile_cnn_w8a8_integer_agrees_with_simulation(mobile, requant):
     pred, sim = qmodel(X_test).argmax(1), qmodel.simulate(X_test).argmax(1)
     assert np.mean(pred == sim) >= 0.999
     assert np.mean(pred == y_test) >= 0.95
+    rows = qmodel.code_mismatches(X_test[:200])
+    pool = rows[kinds.index("QuantizedGlobalAvgPool2d")]
+    assert pool["mismatches"] == 0 and pool["total"] == 200 * 64
+    # Convolutions: only float32 noise at near-ties, a few codes per million.
+    assert sum(r["mismatches"] for r in rows) <= 1e-5 * sum(r["total"] for r in rows)
 
 
 @pytest.mark.torch

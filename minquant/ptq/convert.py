@@ -22,6 +22,7 @@ from minquant.qnn import (
     QuantizedLinear,
     QuantizedMaxPool2d,
     QuantizedReLU,
+    SimulatedGlobalAvgPool2d,
 )
 from minquant.qnn.requant import DEFAULT_ROUNDING
 from minquant.quant import qrange, quantize
@@ -123,9 +124,10 @@ def convert_group(
             sim.bias = nn.Parameter(sim_bias)
         return module, sim
     if isinstance(layer, nn.GlobalAvgPool2d):
-        # NOTE: the output keeps the input's qparams (PyTorch's convention), so the
-        # simulation rounds the float mean back onto the input grid.
-        return QuantizedGlobalAvgPool2d(x_qp, requant, rounding), copy.deepcopy(layer)
+        # NOTE: the output keeps the input's qparams (PyTorch's convention); the twin rounds
+        # the float mean back onto that grid with the integer module's tie rule.
+        module = QuantizedGlobalAvgPool2d(x_qp, requant, rounding)
+        return module, SimulatedGlobalAvgPool2d(x_qp, requant)
     if isinstance(layer, nn.MaxPool2d):
         return QuantizedMaxPool2d(layer.kernel_size, layer.stride), None
     if isinstance(layer, nn.Flatten):

@@ -10,7 +10,8 @@ takes and returns int8 arrays and does integer arithmetic only. One idea per mod
 * :mod:`minquant.qnn.layers`: :class:`QuantizedLinear`, :class:`QuantizedConv2d` and the
   layers that need no arithmetic (ReLU, max pooling, flatten);
 * :mod:`minquant.qnn.mobile`: :class:`QuantizedDepthwiseConv2d` and
-  :class:`QuantizedGlobalAvgPool2d` (MobileNet-like models);
+  :class:`QuantizedGlobalAvgPool2d` (MobileNet-like models), and the pooling's fake-quant
+  twin :class:`SimulatedGlobalAvgPool2d`;
 * :mod:`minquant.qnn.model`: :class:`QuantizedModel`, the chain that
   :func:`minquant.ptq.quantize_model` and :func:`minquant.qat.convert` build.
 """
@@ -23,7 +24,11 @@ from minquant.qnn.layers import (
     QuantizedMaxPool2d,
     QuantizedReLU,
 )
-from minquant.qnn.mobile import QuantizedDepthwiseConv2d, QuantizedGlobalAvgPool2d
+from minquant.qnn.mobile import (
+    QuantizedDepthwiseConv2d,
+    QuantizedGlobalAvgPool2d,
+    SimulatedGlobalAvgPool2d,
+)
 from minquant.qnn.model import QuantizedModel, Step
 from minquant.qnn.qparams import Dequantize, QParams, Quantize, QuantizedModule
 from minquant.qnn.requant import (
@@ -52,6 +57,7 @@ __all__ = [
     "QuantizedModel",
     "QuantizedModule",
     "QuantizedReLU",
+    "SimulatedGlobalAvgPool2d",
     "Step",
     "requantizer",
 ]

@@ -20,6 +20,10 @@ requantizer objects (:mod:`minquant.qnn.requant`), fused ReLU6 included.
   $acc = \sum (x_q - z)$, $acc = \mathrm{MBQM}(acc, M_0, shift)$ for $M = s_x / s_y = 1$, then
   an integer division by $n$ rounded half away from zero, plus $z$.
 
+**Its fake-quant twin** (:class:`SimulatedGlobalAvgPool2d`, what ``QuantizedModel.simulate``
+runs) computes the same mean from the dequantized floats and rounds it with the integer
+path's tie rule, so that equal input codes give equal output codes (as for max pooling).
+
 References:
 
 * A. Howard et al., "MobileNets", 2017 (arXiv:1704.04861).
@@ -29,12 +33,12 @@ References:
 
 import numpy as np
 
-from minquant import fixedpoint
+from minquant import fixedpoint, nn
 from minquant.kernels import check_int8
 from minquant.qnn.qparams import QParams, QuantizedModule
 from minquant.qnn.requant import DEFAULT_ROUNDING, requantizer
 
-__all__ = ["QuantizedDepthwiseConv2d", "QuantizedGlobalAvgPool2d"]
+__all__ = ["QuantizedDepthwiseConv2d", "QuantizedGlobalAvgPool2d", "SimulatedGlobalAvgPool2d"]
 
 
 class QuantizedDepthwiseConv2d(QuantizedModule):
@@ -178,3 +182,69 @@ class QuantizedGlobalAvgPool2d(QuantizedModule):
         return f"requant={self.requant_mode!r}, scale={self.input_qparams.scale:.6g}, " + (
             f"zero_point={self.input_qparams.zero_point}"
         )
+
+
+#: Most pixels a simulated pooling window may hold: the float32 noise of n dequantized
+#: inputs, at most $n \cdot 2^{b} \cdot 2^{-24}$ codes, must stay below half a code.
+SIM_POOL_MAX_PIXELS = 2**14
+
+
+class SimulatedGlobalAvgPool2d(nn.Module):
+    r"""The fake-quant twin of :class:`QuantizedGlobalAvgPool2d`: float32 (N, C, H, W) -> (N, C).
+
+    The input holds dequantized values $\hat{x} = s\,(q - z)$ (each rounded to float32);
+    the output is the mean on the same grid, $s\,(y - z)$, with the code $y$ rounded as the
+    integer module rounds it, so both give the same code for the same input codes:
+
+    $$t = \mathrm{rint}\Big(\frac{1}{s}\sum_{h,w} \hat{x}_{h,w}\Big) = \sum (q - z),
+    \qquad y = z + \mathrm{round}(t / n),$$
+
+    with ``"fixedpoint"``'s half away from zero (TFLite's Mean) or ``"float"``'s PyTorch
+    rounding, $y = q_{min} + \mathrm{rint}(\mathrm{f32}(t + n (z - q_{min})) \cdot r)$,
+    $r = \mathrm{f32}(\mathrm{f32}(1/H)/W)$, half to even on the unsigned codes.
+
+    >>> qp = QParams(scale=0.1, zero_point=-128, qmin=-128, qmax=127)
+    >>> x = np.float32([[[[0.0, 0.1], [0.1, 0.1]]]])    # codes -128 -127 -127 -127
+    >>> SimulatedGlobalAvgPool2d(qp, "float")(x)         # mean code -127.25 -> -127
+    array([[0.1]], dtype=float32)
+    """
+
+    def __init__(self, qparams: QParams, requant: str = "fixedpoint") -> None:
+        super().__init__()
+        requantizer(requant)  # raises on an unknown name
+        self.qparams, self.requant_mode = qparams, requant
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        qp = self.qparams
+        if not isinstance(x, np.ndarray) or x.ndim != 4:
+            got = np.shape(x) if isinstance(x, np.ndarray) else type(x).__name__
+            raise ValueError(f"SimulatedGlobalAvgPool2d: expected (N, C, H, W), got {got}")
+        n = x.shape[2] * x.shape[3]
+        if n > SIM_POOL_MAX_PIXELS:
+            raise ValueError(
+                f"SimulatedGlobalAvgPool2d: {n} pixels per channel; at most "
+                f"{SIM_POOL_MAX_PIXELS} keep the float32 noise below half a code"
+            )
+        scale = np.float32(qp.scale)
+        total = x.sum(axis=(2, 3), dtype=np.float64)  # (N, C) the float32 inputs, summed
+        # NOTE: the exact mean of the real values s (q - z) lies on a grid of step s / n, so
+        # a float mean rounded directly lands on either side of a tie at random (float32
+        # noise: 1-4 % of the pooled values of mobile_cnn differed by 1 code). Each input
+        # is s (q - z) within 2^-24 relative, so total / s is within n 2^(b-24) < 1/2 of the
+        # integer sum t = sum (q - z): rint recovers t, and the mean t / n is then exact.
+        t = np.rint(total / np.float64(scale))  # (N, C) the exact sum of (q - z)
+        if self.requant_mode == "float":
+            # NOTE: PyTorch rounds the float32 product of the unsigned sum and its float32
+            # reciprocal half to even; reproduced here operation by operation, because for
+            # n not a power of two (e.g. 6 x 6) the tie is broken by the rounding of r.
+            recip = np.float32(np.float32(1.0) / np.float32(x.shape[2])) / np.float32(x.shape[3])
+            t_u = (t + n * (qp.zero_point - qp.qmin)).astype(np.float32)  # (N, C) exact
+            y = np.rint(t_u * recip) + qp.qmin  # (N, C)
+        else:
+            # NOTE: TFLite's Mean rounds t / n half away from zero; t / n is exact in float64
+            # whenever it is a tie (j + 1/2 is representable), and at least 1/n away otherwise.
+            mean = t / n  # (N, C) in codes, relative to z
+            y = np.sign(mean) * np.floor(np.abs(mean) + 0.5) + qp.zero_point  # (N, C)
+        y = np.clip(y, qp.qmin, qp.qmax)  # (N, C)
+        # NOTE: the same float32 operations as fake_quantize, so the values are identical.
+        return (y - qp.zero_point).astype(np.float32) * scale  # (N, C) float32

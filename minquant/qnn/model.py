@@ -8,8 +8,12 @@ replaces (a Conv2d/Linear and its fused ReLU, a pooling, a flatten) with
 * its fake-quant float twin, run by ``simulate(X)``: the same weights (dequantized), each
   output rounded to the same grid, $\hat{x} = s\,(\mathrm{clip}(z + \mathrm{rint}(x/s)) - z)$.
 
-The two agree up to the rounding of the requantization, which is what
-``layer_report(X)`` and the tests measure.
+Where the integer model rounds by a rule of its own, the twin follows it: a fused
+ReLU6/ClippedReLU clamps at the integer model's code of its bound, and global average
+pooling rounds the exact mean with the integer pooling's tie rule
+(:class:`~minquant.qnn.SimulatedGlobalAvgPool2d`). What is left is float32 noise in the
+simulated convolutions near a rounding boundary: ``code_mismatches(X)`` counts it per step,
+``layer_report(X)`` measures the SQNR of both against the float model.
 
 Two sizes are reported: ``nbytes`` (the arrays the int8 forward pass reads, one int8 byte per
 weight code whatever ``weight_bits``) and ``packed_nbytes`` (the same model stored with its
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minquant import nn
+from minquant.qnn.mobile import SimulatedGlobalAvgPool2d
 from minquant.qnn.qparams import Dequantize, QParams, Quantize, QuantizedModule
 from minquant.qnn.requant import DEFAULT_ROUNDING
 from minquant.quant import fake_quantize, sqnr
@@ -60,7 +65,7 @@ class Step:
 
     float_layers: list[nn.Module]  # e.g. [Conv2d, ReLU] (BatchNorm already folded)
     module: QuantizedModule  # the integer-only module
-    sim_layer: nn.Module | None  # Conv2d/Linear with fake-quantized weights, else None
+    sim_layer: nn.Module | None  # Conv2d/Linear (dequantized weights), pooling twin, or None
     qparams: QParams  # of the step's output
 
 
@@ -147,18 +152,44 @@ class QuantizedModel:
             for layer in step.float_layers:
                 x = layer(x)
             return x
+        if isinstance(step.sim_layer, SimulatedGlobalAvgPool2d):
+            return step.sim_layer(x)  # rounds onto the grid itself, as the integer pool
         x = step.sim_layer(x)
-        for relu in step.float_layers[1:]:
-            x = relu(x)
+        if len(step.float_layers) > 1:
+            x = np.maximum(x, np.float32(0.0))  # the fused activation's clamp at 0.0
         qp = step.qparams
-        return fake_quantize(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+        x = fake_quantize(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
+        return self._clamp_upper(step, x)
+
+    @staticmethod
+    def _clamp_upper(step: Step, x: np.ndarray) -> np.ndarray:
+        """A fused ReLU6 / ClippedReLU: clamp at the grid value of the integer bound's code."""
+        upper = getattr(step.module, "upper", None)
+        if upper is None:
+            return x
+        # NOTE: the integer model clamps at the code of the bound u, rounded its own way:
+        # TFLite z + round(u / s) half away from zero after a float32 division, PyTorch
+        # z + rint(u * (1/s)) half to even. Clamping the float value at u and rounding it
+        # as any other value would follow neither rule at a tie (u = 1.25, s = 0.5: TFLite's
+        # code is z + 3, rint gives z + 2), so the simulation clamps on the grid at the
+        # integer model's own code, as it adds the integer model's own bias.
+        requant, qp = step.module.requant, step.qparams
+        codes = (
+            requant.qmax if requant.upper_q is None else np.minimum(requant.upper_q, requant.qmax)
+        )
+        bound = (np.asarray(codes, np.float32) - np.float32(qp.zero_point)) * np.float32(qp.scale)
+        if bound.ndim == 1:
+            bound = bound.reshape(-1, *[1] * (x.ndim - 2))  # (C, 1, 1) or (C,)
+        return np.minimum(x, bound)  # same shape as x
 
     def simulate(self, X: np.ndarray) -> np.ndarray:
         r"""The fake-quant float simulation of the same model, in float32.
 
         $\hat{x} = s\,(\mathrm{clip}(z + \mathrm{rint}(x / s)) - z)$ after the input and
         after every Conv2d/Linear(+ReLU), whose weights are $w_q s_w$ (and, for
-        ``"fixedpoint"``, whose bias is $b_q s_x s_w$).
+        ``"fixedpoint"``, whose bias is $b_q s_x s_w$); a bounded ReLU then clamps at the
+        grid value of the integer model's bound code, and global average pooling runs its
+        twin :class:`~minquant.qnn.SimulatedGlobalAvgPool2d`.
         """
         qp = self.quantize.qparams
         x = fake_quantize(X, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
@@ -183,6 +214,42 @@ class QuantizedModel:
             x_q = step.module(x_q)
             x_s = self._simulate_step(step, x_s)
             rows.append(self._row(repr(step.module), x_f, x_q, step.qparams, x_s))
+        return rows
+
+    def code_mismatches(self, X: np.ndarray) -> list[dict]:
+        """How often each step's simulation rounds to another code than its integer module.
+
+        Every step is fed the integer model's own input codes (dequantized for the
+        simulation), so the count is the step's own disagreement, not an inherited one. Each
+        row: ``layer``, ``mismatches`` (output codes that differ), ``total`` (output codes)
+        and ``max_abs`` (the largest difference, in codes).
+
+        >>> from minquant.ptq import quantize_model
+        >>> rng = np.random.default_rng(0)
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4, rng=rng))
+        >>> X = rng.normal(size=(32, 1, 4, 4)).astype(np.float32)
+        >>> [row["mismatches"] for row in quantize_model(model, X).code_mismatches(X)]
+        [0, 0]
+        """
+        qp = self.quantize.qparams
+        x_q = self.quantize(np.asarray(X, dtype=np.float32))
+        rows = []
+        for step in self.steps:
+            x_hat = (x_q.astype(np.float32) - np.float32(qp.zero_point)) * np.float32(qp.scale)
+            y_q = step.module(x_q)
+            qp = step.qparams
+            y_s = self._simulate_step(step, x_hat)
+            codes = np.rint(y_s / np.float32(qp.scale)).astype(np.int64) + qp.zero_point
+            diff = np.abs(codes - y_q.astype(np.int64))  # same shape as y_q
+            rows.append(
+                {
+                    "layer": repr(step.module),
+                    "mismatches": int(np.count_nonzero(diff)),
+                    "total": int(diff.size),
+                    "max_abs": int(diff.max(initial=0)),
+                }
+            )
+            x_q = y_q
         return rows
 
     @staticmethod
