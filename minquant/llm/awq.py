@@ -239,7 +239,7 @@ def clip_search(
     n_grid: int = 20,
     max_shrink: float = 0.5,
     symmetric: bool = False,
-    n_tokens: int = 512,
+    n_tokens: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""The clipping ratios $r_k = 1 - k / n$ and each group's output error, ``(ratios, errors)``.
 
@@ -248,8 +248,10 @@ def clip_search(
     the error of the group's share of the output,
     $\mathrm{mean}_t \big(\sum_{j \in g} X_{tj} (w_{oj} - \hat w_{oj})\big)^2$ (float64),
     for $k = 0, \dots, \lfloor \text{max\_shrink} \cdot n \rfloor - 1$ ($r_0 = 1$ is round
-    to nearest). As the reference (llm-awq ``auto_clip_layer``), the tokens are thinned to
-    about ``n_tokens`` by a stride.
+    to nearest). ``n_tokens`` thins the tokens to about that many by a stride, as the
+    reference (llm-awq ``auto_clip_layer``: 512, to save GPU memory) does; the default,
+    ``None``, uses all of them (on ``tiny_lm`` a few seconds, and a steadier choice of $r$
+    from one calibration sample to the next: docs/results.md).
     """
     group = check_layer(w, X, group_size)
     if not 0 < max_shrink < 1 or int(max_shrink * n_grid) < 1:
@@ -257,7 +259,8 @@ def clip_search(
             f"need 0 < max_shrink < 1 and max_shrink * n_grid >= 1, got {max_shrink=}, {n_grid=}"
         )
     w = np.asarray(w, np.float32)  # (out, in)
-    X = np.asarray(X, np.float64)[:: max(1, len(X) // n_tokens)]  # (about n_tokens, in)
+    stride = 1 if n_tokens is None else max(1, len(X) // n_tokens)
+    X = np.asarray(X, np.float64)[::stride]  # (about n_tokens, in)
     out_features, in_features = w.shape
     n_groups = in_features // group
     w_groups = w.reshape(out_features, n_groups, group)  # (out, G, g)
@@ -285,6 +288,7 @@ def awq_clip(
     n_grid: int = 20,
     max_shrink: float = 0.5,
     symmetric: bool = False,
+    n_tokens: int | None = None,
 ) -> np.ndarray:
     r"""The clipped weight (out, in) float32: each group of each row in $\pm r^* \max |w|$.
 
@@ -302,7 +306,7 @@ def awq_clip(
     True
     """
     group = check_layer(w, X, group_size)
-    ratios, errors = clip_search(w, X, bits, group, n_grid, max_shrink, symmetric)
+    ratios, errors = clip_search(w, X, bits, group, n_grid, max_shrink, symmetric, n_tokens)
     w = np.asarray(w, np.float32)  # (out, in)
     w_groups = w.reshape(len(w), -1, group)  # (out, G, g)
     best = ratios[np.argmin(errors, axis=0)].astype(np.float32)  # (out, G) first minimum
@@ -316,6 +320,7 @@ def awq_clip_model(
     bits: int,
     group_size: int | None,
     symmetric: bool = False,
+    n_tokens: int | None = None,
 ) -> TransformerLM:
     r"""A copy of the scaled model with every Linear but q and k clipped by :func:`awq_clip`.
 
@@ -329,7 +334,8 @@ def awq_clip_model(
         if type(layer) is Linear and not name.endswith(("attn.wq", "attn.wk")):
             w = layer.weight.data  # (out, in)
             group = w.shape[1] if group_size is None else group_size
-            layer.weight.data = awq_clip(w, inputs[id(layer)], bits, group, symmetric=symmetric)
+            X = inputs[id(layer)]  # (tokens, in)
+            layer.weight.data = awq_clip(w, X, bits, group, symmetric=symmetric, n_tokens=n_tokens)
     return clipped
 
 
