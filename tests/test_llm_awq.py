@@ -5,9 +5,12 @@ import pytest
 
 import minquant as mq
 from minquant.llm.awq import (
+    awq_clip,
+    awq_clip_model,
     awq_scale_model,
     awq_scales,
     awq_search,
+    clip_search,
     keep_salient_channels,
     rtn_weight,
     salient_channels,
@@ -23,6 +26,14 @@ def tiny():
     lm = mq.models.load_pretrained("tiny_lm")
     tokens = mq.data.encode(mq.data.load_text("train"))
     return lm, calibration_batch(tokens, 2, 64, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def tiny_scaled(tiny):
+    """tiny_lm with AWQ's W3 g128 scales folded in, its plan, and the clipped copy."""
+    lm, calib = tiny
+    scaled, plan = awq_scale_model(lm, calib, 3, 128)
+    return scaled, plan, awq_clip_model(scaled, calib, 3, 128)
 
 
 def hot_layer(seed=0):
@@ -47,7 +58,7 @@ def test_scales_formula():
 def test_search_starts_at_rtn_and_scales_pick_the_minimum():
     w, X = hot_layer()
     alphas, errors = awq_search(w, X, 3, 32, n_grid=11)
-    np.testing.assert_allclose(alphas, np.linspace(0, 1, 11))
+    np.testing.assert_allclose(alphas, np.arange(11) / 11)  # as llm-awq: no alpha = 1
     assert errors[0] == pytest.approx(output_error(w, rtn_weight(w, 3, 32), X), rel=1e-6)
     s = awq_scales(w, X, 3, 32, n_grid=11)
     mean_abs = np.abs(X).mean(axis=0)
@@ -67,9 +78,9 @@ def test_awq_scales_protect_the_salient_channels(group_size):
     assert s[hot].min() > s[~hot].max()
 
 
-def test_scaled_model_computes_the_same_function(tiny):
+def test_scaled_model_computes_the_same_function(tiny, tiny_scaled):
     lm, calib = tiny
-    scaled, plan = awq_scale_model(lm, calib, 3, 128)
+    scaled, plan, _ = tiny_scaled
     assert plan[0][:2] == (
         "layers.0.attn_norm",
         ["layers.0.attn.wq", "layers.0.attn.wk", "layers.0.attn.wv"],
@@ -86,11 +97,10 @@ def test_scaled_model_computes_the_same_function(tiny):
     assert "tok_embeddings" not in changed
 
 
-def test_awq_is_rtn_of_the_scaled_model_and_packs_like_rtn(tiny):
+def test_awq_is_rtn_of_the_scaled_clipped_model_and_packs_like_rtn(tiny, tiny_scaled):
     lm, calib = tiny
     qlm = mq.llm.quantize_weights(lm, 3, 128, method="awq", X_calib=calib)
-    scaled, _ = awq_scale_model(lm, calib, 3, 128)
-    want = mq.llm.quantize_weights(scaled, 3, 128)
+    want = mq.llm.quantize_weights(tiny_scaled[2], 3, 128)
     q_layers = dict(qlm.named_modules())
     for name, layer in want.named_modules():
         if isinstance(layer, WeightOnlyLinear):
@@ -135,3 +145,76 @@ def test_awq_rejects_bad_input():
         mq.llm.quantize_weights(model, 4, 8, method="awq", X_calib=np.ones((2, 8), np.float32))
     with pytest.raises(ValueError, match="X_calib"):
         mq.llm.quantize_weights(model, 4, 8, method="awq")
+
+
+def outlier_layer(seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((12, 64)).astype(np.float32)
+    w[np.arange(12), rng.integers(0, 64, 12)] *= 6.0  # one outlier weight per row
+    return w, rng.standard_normal((300, 64))
+
+
+def test_clip_search_against_a_loop_over_rows_and_groups():
+    w, X = outlier_layer()
+    ratios, errors = clip_search(w, X, 3, 32, n_grid=10, max_shrink=0.5, n_tokens=100)
+    np.testing.assert_allclose(ratios, [1.0, 0.9, 0.8, 0.7, 0.6])
+    X_used = X[::3]  # 300 // 100: the stride that thins the tokens
+    for o in range(w.shape[0]):
+        for g in range(2):
+            cols = slice(32 * g, 32 * (g + 1))
+            group = w[o, cols]
+            for k, ratio in enumerate(ratios):
+                bound = np.float32(np.abs(group).max() * np.float32(ratio))
+                w_hat = rtn_weight(np.clip(group, -bound, bound)[None, :], 3, 32)[0]
+                want = np.mean((X_used[:, cols] @ (group - w_hat).astype(np.float64)) ** 2)
+                assert errors[k, o, g] == pytest.approx(want, rel=1e-9)
+    w_clip = awq_clip(w, X, 3, 32, n_grid=10, max_shrink=0.5)
+    _, errors_all = clip_search(w, X, 3, 32, n_grid=10, max_shrink=0.5)
+    best = ratios[np.argmin(errors_all, axis=0)]  # (out, G)
+    for g in range(2):
+        cols = slice(32 * g, 32 * (g + 1))
+        bound = np.abs(w[:, cols]).max(axis=1) * best[:, g].astype(np.float32)
+        np.testing.assert_array_equal(np.abs(w_clip[:, cols]).max(axis=1), bound)
+        kept = np.abs(w[:, cols]) <= bound[:, None]
+        np.testing.assert_array_equal(w_clip[:, cols][kept], w[:, cols][kept])
+
+
+def test_clipping_beats_rtn_when_a_group_has_an_outlier():
+    w, X = outlier_layer(1)
+    ratios, errors = clip_search(w, X, 3, 32)
+    assert ratios[0] == 1.0 and len(ratios) == 10  # 1.0, 0.95, ..., 0.55 as the reference
+    assert np.all(errors.min(axis=0) <= errors[0])  # r = 1 (round to nearest) is on the grid
+    w_clip = awq_clip(w, X, 3, 32)
+    assert np.any(w_clip != w)
+    assert output_error(w, rtn_weight(w_clip, 3, 32), X) < 0.95 * output_error(
+        w, rtn_weight(w, 3, 32), X
+    )
+
+
+def test_awq_clip_model_clips_all_but_q_and_k(tiny, tiny_scaled):
+    _, calib = tiny
+    scaled, _, clipped = tiny_scaled
+    inputs = _linear_inputs(scaled, calib)  # the unclipped model's inputs, as the search's
+    layers = dict(scaled.named_modules())
+    n_clipped = 0
+    for name, layer in clipped.named_modules():
+        if type(layer) is not Linear:
+            continue
+        w = layers[name].weight.data  # the scaled model is left as it was
+        if name.endswith(("attn.wq", "attn.wk")):
+            np.testing.assert_array_equal(layer.weight.data, w)
+        else:
+            want = awq_clip(w, inputs[id(layers[name])], 3, 128)
+            np.testing.assert_array_equal(layer.weight.data, want)
+            n_clipped += not np.array_equal(want, w)
+    assert n_clipped == 21  # 5 of the 7 layers of each of 4 blocks, and the output layer
+
+
+def test_clip_rejects_bad_input():
+    w, X = outlier_layer()
+    with pytest.raises(ValueError, match="max_shrink"):
+        clip_search(w, X, 3, 32, max_shrink=1.0)
+    with pytest.raises(ValueError, match="max_shrink"):
+        clip_search(w, X, 3, 32, n_grid=1, max_shrink=0.5)
+    with pytest.raises(ValueError, match="group_size must divide"):
+        awq_clip(w, X, 3, 48)

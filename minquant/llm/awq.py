@@ -16,17 +16,23 @@ $$s = \bar{s}_x^{\,\alpha}, \qquad
 \big\lVert X W^\top - (X \mathrm{diag}(s)^{-1})\, Q\big(W \mathrm{diag}(s)\big)^\top
 \big\rVert^2,$$
 
-found on a grid ($\alpha = 0$ is round to nearest). The division by $s$ is folded into
-the layer that produces $X$: the previous RMSNorm weight (q, k, v after ``attn_norm``; gate
-and up after ``ffn_norm``; ``output`` after ``norm``) or the previous linear layer's rows
-(``wv`` before ``wo``, ``w3`` before ``w2``), so the float model computes the same function
-and the quantized model is stored exactly as RTN stores it. Layers that share an input
-share $s$ and are searched jointly (their output errors add up).
+found on the reference's grid $\alpha = 0, 1/n, \dots, (n-1)/n$ ($\alpha = 0$ is round to
+nearest). The division by $s$ is folded into the layer that produces $X$: the previous
+RMSNorm weight (q, k, v after ``attn_norm``; gate and up after ``ffn_norm``; ``output``
+after ``norm``) or the previous linear layer's rows (``wv`` before ``wo``, ``w3`` before
+``w2``), so the float model computes the same function and the quantized model is stored
+exactly as RTN stores it. Layers that share an input share $s$ and are searched jointly
+(their output errors add up).
+
+The second half of AWQ is the **clipping search** (:func:`awq_clip`): after scaling, the
+weights of each row and group are clipped to $\pm r \max|w|$ before rounding, with the
+ratio $r \in \{1, 0.95, \dots, 0.55\}$ that minimises the group's output error on the
+calibration inputs. On ``tiny_lm`` it does most of AWQ's work (docs/results.md).
 
 Reference: J. Lin, J. Tang, H. Tang, S. Yang, W.-M. Chen, W.-C. Wang, G. Xiao, X. Dang,
 C. Gan, S. Han, "AWQ: Activation-aware Weight Quantization for LLM Compression and
 Acceleration", MLSys 2024 (arXiv:2306.00978); code: github.com/mit-han-lab/llm-awq
-(``awq/quantize/auto_scale.py``).
+(``awq/quantize/auto_scale.py``, ``auto_clip.py``, ``pre_quant.py``).
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ def awq_search(
     symmetric: bool = False,
     forward: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    r"""The grid $\alpha_k = k / (n - 1)$ and the output error of each, ``(alphas, errors)``.
+    r"""The grid $\alpha_k = k / n$, $k < n$, and the output error of each: ``(alphas, errors)``.
 
     ``errors[k]`` is $\lVert X W^\top - (X/s)\, Q(W s)^\top \rVert^2$ (float64) with
     $s$ = :func:`scales_for` ``(s_x, alphas[k])``; ``errors[0]`` is round to nearest's.
@@ -94,7 +100,7 @@ def awq_search(
     """
     group = check_layer(w, X, group_size)
     if n_grid < 2:
-        raise ValueError(f"n_grid must be >= 2 (alpha = 0 and 1 at least), got {n_grid}")
+        raise ValueError(f"n_grid must be >= 2 (alpha = 0 and one more), got {n_grid}")
     w = np.asarray(w, np.float32)  # (out, in)
     X = np.asarray(X, np.float64)  # (N, in)
     s_x = activation_magnitude(X)  # (in,)
@@ -104,7 +110,8 @@ def awq_search(
             return X @ w_hat.T.astype(np.float64)  # (N, out)
 
     y = forward(w)
-    alphas = np.linspace(0.0, 1.0, n_grid)  # (n_grid,)
+    # NOTE: k / n for k < n, as the reference (llm-awq ``auto_scale``): alpha = 1 is left out.
+    alphas = np.arange(n_grid) / n_grid  # (n_grid,)
     errors = np.zeros(n_grid)
     for k, alpha in enumerate(alphas):
         s = scales_for(s_x, alpha)  # (in,)
@@ -224,6 +231,114 @@ def awq_scale_model(
     return scaled, [(names[id(p)], [names[id(c)] for c in cs], s) for p, cs, s in plan]
 
 
+def clip_search(
+    w: np.ndarray,
+    X: np.ndarray,
+    bits: int,
+    group_size: int | None,
+    n_grid: int = 20,
+    max_shrink: float = 0.5,
+    symmetric: bool = False,
+    n_tokens: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""The clipping ratios $r_k = 1 - k / n$ and each group's output error, ``(ratios, errors)``.
+
+    For every output channel $o$ and group $g$, the weights are clipped to
+    $\pm r_k \max_{j \in g} |w_{oj}|$ before rounding to nearest; ``errors[k, o, g]`` is
+    the error of the group's share of the output,
+    $\mathrm{mean}_t \big(\sum_{j \in g} X_{tj} (w_{oj} - \hat w_{oj})\big)^2$ (float64),
+    for $k = 0, \dots, \lfloor \text{max\_shrink} \cdot n \rfloor - 1$ ($r_0 = 1$ is round
+    to nearest). ``n_tokens`` thins the tokens to about that many by a stride, as the
+    reference (llm-awq ``auto_clip_layer``: 512, to save GPU memory) does; the default,
+    ``None``, uses all of them (on ``tiny_lm`` a few seconds, and a steadier choice of $r$
+    from one calibration sample to the next: docs/results.md).
+    """
+    group = check_layer(w, X, group_size)
+    if not 0 < max_shrink < 1 or int(max_shrink * n_grid) < 1:
+        raise ValueError(
+            f"need 0 < max_shrink < 1 and max_shrink * n_grid >= 1, got {max_shrink=}, {n_grid=}"
+        )
+    w = np.asarray(w, np.float32)  # (out, in)
+    stride = 1 if n_tokens is None else max(1, len(X) // n_tokens)
+    X = np.asarray(X, np.float64)[::stride]  # (about n_tokens, in)
+    out_features, in_features = w.shape
+    n_groups = in_features // group
+    w_groups = w.reshape(out_features, n_groups, group)  # (out, G, g)
+    max_abs = np.abs(w_groups).max(axis=2, keepdims=True)  # (out, G, 1)
+    ratios = 1.0 - np.arange(int(max_shrink * n_grid)) / n_grid  # (n,)
+    errors = np.zeros((len(ratios), out_features, n_groups))  # (n, out, G)
+    for k, ratio in enumerate(ratios):
+        # NOTE: clipped in float32, as the weight is stored; np.clip keeps +-0 and the
+        # groups whose max|w| is 0 as they are.
+        bound = (max_abs * np.float32(ratio)).astype(np.float32)  # (out, G, 1)
+        clipped = np.clip(w_groups, -bound, bound).reshape(out_features, in_features)
+        diff = w - rtn_weight(clipped, bits, group, symmetric)  # (out, in)
+        for g in range(n_groups):
+            cols = slice(g * group, (g + 1) * group)
+            partial = X[:, cols] @ diff[:, cols].T.astype(np.float64)  # (tokens, out)
+            errors[k, :, g] = np.mean(partial**2, axis=0)
+    return ratios, errors
+
+
+def awq_clip(
+    w: np.ndarray,
+    X: np.ndarray,
+    bits: int,
+    group_size: int | None,
+    n_grid: int = 20,
+    max_shrink: float = 0.5,
+    symmetric: bool = False,
+    n_tokens: int | None = None,
+) -> np.ndarray:
+    r"""The clipped weight (out, in) float32: each group of each row in $\pm r^* \max |w|$.
+
+    $r^*$ minimises the group's output error (:func:`clip_search`); round the result to
+    nearest. Outliers in a group stretch its scale over codes the other weights never use:
+    giving up a little accuracy on the largest weight can buy more on all the others.
+
+    >>> rng = np.random.default_rng(0)
+    >>> w = rng.standard_normal((16, 64)).astype(np.float32)
+    >>> X = rng.standard_normal((256, 64))
+    >>> w_clip = awq_clip(w, X, bits=3, group_size=32)
+    >>> def error(w_hat):
+    ...     return np.sum((X @ (w - w_hat).T) ** 2)
+    >>> bool(error(rtn_weight(w_clip, 3, 32)) < error(rtn_weight(w, 3, 32)))
+    True
+    """
+    group = check_layer(w, X, group_size)
+    ratios, errors = clip_search(w, X, bits, group, n_grid, max_shrink, symmetric, n_tokens)
+    w = np.asarray(w, np.float32)  # (out, in)
+    w_groups = w.reshape(len(w), -1, group)  # (out, G, g)
+    best = ratios[np.argmin(errors, axis=0)].astype(np.float32)  # (out, G) first minimum
+    bound = np.abs(w_groups).max(axis=2) * best  # (out, G)
+    return np.clip(w_groups, -bound[..., None], bound[..., None]).reshape(w.shape)
+
+
+def awq_clip_model(
+    scaled: TransformerLM,
+    X_calib: np.ndarray,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool = False,
+    n_tokens: int | None = None,
+) -> TransformerLM:
+    r"""A copy of the scaled model with every Linear but q and k clipped by :func:`awq_clip`.
+
+    Part of the rounding (the clipped float model is not the same function). Every search
+    uses the inputs of the unclipped model, as the reference does; q and k are left whole
+    (their error reaches the output through $q k^\top$, not through a sum per group).
+    """
+    clipped = copy.deepcopy(scaled).eval()
+    inputs = _linear_inputs(clipped, np.asarray(X_calib))  # id(Linear) -> (tokens, in)
+    for name, layer in clipped.named_modules():
+        if type(layer) is Linear and not name.endswith(("attn.wq", "attn.wk")):
+            w = layer.weight.data  # (out, in)
+            group = w.shape[1] if group_size is None else group_size
+            X = inputs[id(layer)]  # (tokens, in)
+            layer.weight.data = awq_clip(w, X, bits, group, symmetric=symmetric, n_tokens=n_tokens)
+    return clipped
+
+
 def quantize_model_awq(
     model: Module,
     bits: int,
@@ -231,11 +346,12 @@ def quantize_model_awq(
     symmetric: bool,
     X_calib: np.ndarray | None,
 ) -> Module:
-    """AWQ: fold the searched scales into the float model, then round to nearest per group."""
+    """AWQ: fold the searched scales into the float model, clip, round to nearest per group."""
     if X_calib is None:
         raise ValueError("method 'awq' needs calibration inputs: pass X_calib")
     scaled, _ = awq_scale_model(model, X_calib, bits, group_size, symmetric=symmetric)
-    return quantize_weights(scaled, bits, group_size, "rtn", symmetric)
+    clipped = awq_clip_model(scaled, X_calib, bits, group_size, symmetric)
+    return quantize_weights(clipped, bits, group_size, "rtn", symmetric)
 
 
 def salient_channels(X: np.ndarray, fraction: float = 0.01) -> np.ndarray:

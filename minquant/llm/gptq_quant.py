@@ -242,6 +242,11 @@ def quantize_model_gptq(
     Each stage of layers (see :func:`next_stage`) is calibrated on the activations of the
     model whose earlier layers are already quantized, as in the paper (sequential
     quantization), and is replaced by a :class:`WeightOnlyLinear`.
+
+    ``X_calib`` should hold many tokens of text like the text the model will see: $H$ is
+    estimated from them, and GPTQ fits it closely. The paper uses 128 random segments of
+    2,048 tokens; for ``tiny_lm``, 128 windows of its 128-token context
+    (:func:`~minquant.llm.layer_inputs.calibration_batch`; docs/results.md compares sizes).
     """
     if X_calib is None:
         raise ValueError("method 'gptq' needs calibration inputs: pass X_calib")
