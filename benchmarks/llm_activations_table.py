@@ -1,11 +1,12 @@
 """Perplexity of tiny_lm with quantized activations and KV caches (docs/results.md).
 
 Rows: float, W8A8 static per-tensor, dynamic per-token, LLM.int8(), SmoothQuant (alpha 0.5
-and the best alpha of a sweep), KV8, KV4; each on the packaged model and on its variant
-with a **synthetic** outlier channel (``inject_outlier_channel``, channel 0, factor 32:
-same float function). Every integer run is compared with its fake-quant simulation (same
-qparams; products in float64, one cast to float32, as the integer epilogue) and with the
-naive simulation (products in float32): the fraction of equal next-token argmaxes.
+and the best alpha of a sweep), KV8, KV4, KV4 with KIVI's per-channel keys; each on the
+packaged model and on its variant with a **synthetic** outlier channel
+(``inject_outlier_channel``, channel 0, factor 32: same float function). Every integer run
+is compared with its fake-quant simulation (same qparams; products in float64, one cast to
+float32, as the integer epilogue) and with the naive simulation (products in float32): the
+fraction of equal next-token argmaxes.
 
 ``--diagnose`` prints instead, per configuration and Linear (in the order they run), the
 fraction of input codes that differ between the integer run and each simulation
@@ -19,6 +20,7 @@ sweep picks alpha by perplexity on 16 *other* training windows, never on the eva
     PYTHONPATH=. python benchmarks/llm_activations_table.py --tokens 4097
     PYTHONPATH=. python benchmarks/llm_activations_table.py --model synthetic  # one half
     PYTHONPATH=. python benchmarks/llm_activations_table.py --diagnose --tokens 2049
+    PYTHONPATH=. python benchmarks/llm_activations_table.py --kv-only --model tiny_lm
 
 Rows are printed as they are measured (a table row each), then the whole table.
 """
@@ -40,6 +42,12 @@ from minquant.llm.w8a8 import (
     quantize_activations,
 )
 
+KIVI_GROUP = 32  # tokens per group of per-channel key scales
+KV_CONFIGS = (
+    ("KV8 (per head, per token)", 8, "token"),
+    ("KV4 (per head, per token)", 4, "token"),
+    (f"KV4 KIVI (keys per channel, groups of {KIVI_GROUP}; values per token)", 4, "channel"),
+)
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CONTEXT = 128
 DIAGNOSED = (
@@ -77,6 +85,29 @@ def format_row(row: tuple, ppl_float: float) -> str:
         sim_text = [f"{sim[0]:.4f}", f"{100 * sim[1]:.2f}%", f"{100 * sim[2]:.2f}%"]
     extra = f" ({note})" if note else ""
     return f"| {label} | {name}{extra} | {ppl:.4f} | {rel} | {' | '.join(sim_text)} |"
+
+
+def w8a8_configs(best: float) -> list[tuple[str, str, dict]]:
+    """(row name, quantize_activations mode, keyword arguments) of the W8A8 rows."""
+    return [
+        ("W8A8 static per-tensor", "static", {}),
+        ("W8A8 dynamic per-token", "dynamic", {}),
+        ("LLM.int8() (threshold 6)", "llm_int8", {}),
+        ("SmoothQuant a=0.5 + static", "smoothquant", {"alpha": 0.5}),
+        (f"SmoothQuant a={best} (best) + static", "smoothquant", {"alpha": best}),
+    ]
+
+
+def sweep_alphas(model: nn.Module, calib: np.ndarray, sweep: np.ndarray, label: str) -> dict:
+    """SmoothQuant perplexity on the selection windows for every alpha of ALPHAS."""
+    ppl_sweep = {}
+    for alpha in ALPHAS:
+        q = quantize_activations(model, "smoothquant", calib, alpha=alpha)
+        ppl_sweep[alpha] = evaluate(q, sweep)[0]
+    best = min(ALPHAS, key=lambda a: ppl_sweep[a])
+    sweep_text = ", ".join(f"{a}: {p:.3f}" for a, p in ppl_sweep.items())
+    print(f"{label}: SmoothQuant sweep on train windows {{{sweep_text}}}, best {best}", flush=True)
+    return ppl_sweep
 
 
 def diagnose(model: nn.Module, mode: str, calib: np.ndarray, val: np.ndarray, **kw) -> None:
@@ -126,6 +157,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16_385, help="val tokens (default 16,385)")
     parser.add_argument("--model", choices=["both", "tiny_lm", "synthetic"], default="both")
     parser.add_argument("--diagnose", action="store_true", help="per-layer code mismatch")
+    parser.add_argument("--kv-only", action="store_true", help="float and KV-cache rows only")
     args = parser.parse_args()
     lm = mq.models.load_pretrained("tiny_lm")
     val = windows(mq.data.encode(mq.data.load_text("val"))[: args.tokens])
@@ -149,22 +181,9 @@ def main() -> None:
                 print(f"{label}: {name}", flush=True)
                 diagnose(model, mode, calib, val, **kw)
             continue
-        ppl_sweep = {}
-        for alpha in ALPHAS:
-            q = quantize_activations(model, "smoothquant", calib, alpha=alpha)
-            ppl_sweep[alpha] = evaluate(q, sweep)[0]
-        best = min(ALPHAS, key=lambda a: ppl_sweep[a])
-        sweep_text = ", ".join(f"{a}: {p:.3f}" for a, p in ppl_sweep.items())
-        print(
-            f"{label}: SmoothQuant sweep on train windows {{{sweep_text}}}, best {best}", flush=True
-        )
-        configs = [
-            ("W8A8 static per-tensor", "static", {}),
-            ("W8A8 dynamic per-token", "dynamic", {}),
-            ("LLM.int8() (threshold 6)", "llm_int8", {}),
-            ("SmoothQuant a=0.5 + static", "smoothquant", {"alpha": 0.5}),
-            (f"SmoothQuant a={best} (best) + static", "smoothquant", {"alpha": best}),
-        ]
+        ppl_sweep = {} if args.kv_only else sweep_alphas(model, calib, sweep, label)
+        best = min(ppl_sweep, key=lambda a: ppl_sweep[a]) if ppl_sweep else None
+        configs = [] if args.kv_only else w8a8_configs(best)
         for name, mode, kw in configs:
             q_int = quantize_activations(model, mode, calib, **kw)
             q_sim = quantize_activations(model, mode, calib, simulate=True, **kw)
@@ -178,11 +197,11 @@ def main() -> None:
             note = f"float cols {float_column_fraction(q_int):.3f}" if mode == "llm_int8" else ""
             rows.append((label, name, ppl, (ppl_sim, agree, naive), note))
             print(format_row(rows[-1], ppl_float), flush=True)
-        for bits in (8, 4):
-            kv = KVQuantizedLM(model, bits)
+        for name, bits, axis in KV_CONFIGS:
+            kv = KVQuantizedLM(model, bits, key_axis=axis, group_size=KIVI_GROUP)
             ppl, _ = evaluate(kv, val)
             note = f"{kv.nbytes_per_token():.0f} B/token (float32 {kv.float32_nbytes_per_token()})"
-            rows.append((label, f"KV{bits} (per head, per token)", ppl, None, note))
+            rows.append((label, name, ppl, None, note))
             print(format_row(rows[-1], ppl_float), flush=True)
         print(f"{label}: {time.perf_counter() - t0:.0f} s")
     if args.diagnose:

@@ -309,3 +309,38 @@ def test_kv_cache_memory_and_effect(lm, tokens):
     loss = {b: mq.llm.next_token_loss(KVQuantizedLM(lm, b), tokens.reshape(-1)) for b in (8, 4)}
     base = mq.llm.next_token_loss(lm, tokens.reshape(-1))
     assert abs(loss[8] - base) < 0.01 < loss[4] - base + 0.01
+
+
+def test_per_channel_keys_wait_in_float_then_quantize_per_channel():
+    rng = np.random.default_rng(6)
+    k = rng.standard_normal((1, 2, 5, 8)).astype(np.float32)  # (B, H, T, hd)
+    k[..., 3] *= 50  # an outlier channel, as KIVI finds in keys
+    cache = QuantizedKVCache(bits=4, key_axis="channel", group_size=4)
+    k_hat, _ = cache.append(k[:, :, :3], k[:, :, :3])
+    np.testing.assert_array_equal(k_hat, k[:, :, :3])  # 3 < 4 tokens: still float32
+    k_hat, _ = cache.append(k[:, :, 3:], k[:, :, 3:])
+    np.testing.assert_array_equal(k_hat[:, :, 4:], k[:, :, 4:])  # the 5th token waits
+    group = k[:, :, :4]  # (1, 2, 4, 8): quantized per (head, channel) over its 4 tokens
+    lo, hi = group.min(axis=2, keepdims=True), group.max(axis=2, keepdims=True)
+    step = (hi - lo) / 15  # (1, 2, 1, 8): a step per channel
+    assert (np.abs(k_hat[:, :, :4] - group) <= step / 2 * 1.01 + 1e-3).all()
+    per_token = QuantizedKVCache(bits=4).append(group, group)[0]
+    normal = np.arange(8) != 3  # per-token scales are set by the outlier channel
+    err_channel = np.abs(k_hat[:, :, :4] - group)[..., normal].max()
+    assert err_channel < np.abs(per_token - group)[..., normal].max() / 5
+    with pytest.raises(ValueError, match="key_axis"):
+        QuantizedKVCache(4, key_axis="head")
+    with pytest.raises(ValueError, match="group_size"):
+        QuantizedKVCache(4, key_axis="channel", group_size=1)
+
+
+def test_per_channel_kv_model_decodes_and_counts_its_bytes(lm, tokens):
+    kivi = KVQuantizedLM(lm, bits=4, key_axis="channel", group_size=8)
+    full = kivi(tokens[:1, :20])  # evaluated by decoding token by token
+    kivi.enable_kv_cache()
+    steps = [kivi(tokens[:1, i : i + 1])[0, 0] for i in range(20)]
+    kivi.disable_kv_cache()
+    np.testing.assert_array_equal(np.stack(steps), full[0])
+    # keys: 16 code bytes + 32 channels x 4 bytes / 8 tokens; values: 16 + 4 (per head)
+    assert kivi.nbytes_per_token() == 4 * 4 * (16 + 32 * 4 / 8 + 16 + 4)
+    assert all(a.kv_cache is None for a in lm.attention_layers())
