@@ -15,8 +15,9 @@ The activation scale $s_x$ is, by ``mode``:
   larger values clip);
 * ``"dynamic"``: one per token (row), $\max_j |X_{tj}| / 127$, computed at every call;
 * ``"llm_int8"``: LLM.int8(): the input columns $j$ where any $|X_{tj}| \geq$ ``threshold``
-  are taken out and multiplied in float32 (with the float weight columns); the rest go
-  through the int8 GEMM with per-token scales (vector-wise quantization);
+  are taken out and multiplied in float (with the float weight columns; float64, added
+  before the one float32 cast); the rest go through the int8 GEMM with per-token scales
+  (vector-wise quantization);
 * ``"smoothquant"``: the model is smoothed first (:mod:`minquant.llm.smoothquant`), then
   ``"static"``.
 
@@ -84,9 +85,9 @@ def quantize_symmetric(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def int8_decomposed_matmul(X: np.ndarray, w: np.ndarray, threshold: float = 6.0) -> np.ndarray:
-    r"""LLM.int8(): $X W^\top$ with outlier input columns in float32, the rest in int8.
+    r"""LLM.int8(): $X W^\top$ with outlier input columns in float, the rest in int8.
 
-    Columns $O = \{j : \max_t |X_{tj}| \geq \text{threshold}\}$ are multiplied in float32;
+    Columns $O = \{j : \max_t |X_{tj}| \geq \text{threshold}\}$ are multiplied in float64;
     the others with per-token activation scales and per-output-channel weight scales on the
     int8 GEMM (int32 accumulation). Returns float32 (tokens, out).
 
