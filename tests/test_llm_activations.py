@@ -1,6 +1,8 @@
 """Activations of tiny_lm: capture and statistics, W8A8 on the int8 GEMM, LLM.int8(),
 SmoothQuant (scales, folding) and the quantized KV cache."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from minquant.llm.smoothquant import fold_smoothing, smooth_model, smoothquant_s
 from minquant.llm.w8a8 import (
     W8A8Linear,
     argmax_agreement,
+    code_mismatch,
     float_column_fraction,
     int8_decomposed_matmul,
     quantize_activations,
@@ -134,17 +137,41 @@ def test_smooth_model_keeps_the_float_function_and_equalizes_at_alpha_one(lm, to
 # --- W8A8 ------------------------------------------------------------------------------------
 
 
+def round_to_float32(value: Fraction) -> np.float32:
+    """The float32 nearest to an exact rational (ties to an even mantissa), by search."""
+    guess = np.float32(float(value))  # float() is correct to float64: within 1 ulp
+    down, up = np.nextafter(guess, np.float32(-np.inf)), np.nextafter(guess, np.float32(np.inf))
+    candidates = sorted(
+        [down, guess, up],
+        key=lambda c: (abs(Fraction(float(c)) - value), int(c.view(np.int32)) & 1),
+    )
+    return candidates[0]
+
+
 def reference_w8a8(x, w, x_scale):
-    """Independent W8A8: int64 NumPy matmul of the codes, then the two scales."""
+    """Independent W8A8: int64 NumPy matmul of the codes, then the exact rational product
+    s_x s_w acc rounded once to float32 (Python fractions)."""
     w_scale = np.abs(w).max(1) / np.float32(127)  # (out,)
     w_q = np.clip(np.rint(w / w_scale[:, None]), -127, 127).astype(np.int64)
     x_q = np.clip(np.rint(x / x_scale), -127, 127).astype(np.int64)
     acc = x_q @ w_q.T  # (N, out) int64, exact
-    return acc.astype(np.float32) * (x_scale * w_scale[None, :])
+    s_x = np.broadcast_to(np.float32(x_scale), (len(x), 1))  # (N, 1)
+    y = np.empty(acc.shape, np.float32)
+    for t, o in np.ndindex(*acc.shape):
+        exact = Fraction(float(s_x[t, 0])) * Fraction(float(w_scale[o])) * int(acc[t, o])
+        y[t, o] = round_to_float32(exact)
+    return y
+
+
+def test_round_to_float32_by_hand():
+    assert round_to_float32(Fraction(1, 3)) == np.float32(1 / 3)
+    tie = Fraction(1) + Fraction(1, 2**24)  # halfway between 1 and 1 + 2^-23: to even, 1
+    assert round_to_float32(tie) == np.float32(1.0)
+    assert round_to_float32(tie + Fraction(1, 2**60)) == np.float32(1 + 2**-23)
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
-def test_w8a8_linear_equals_an_int64_reference(mode):
+def test_w8a8_linear_equals_an_exact_reference(mode):
     rng = np.random.default_rng(2)
     w = rng.standard_normal((40, 96)).astype(np.float32)
     x = (rng.standard_normal((33, 96)) * 3).astype(np.float32)
@@ -153,9 +180,22 @@ def test_w8a8_linear_equals_an_int64_reference(mode):
     else:
         layer = W8A8Linear(w, "dynamic")
         x_scale = (np.abs(x).max(1, keepdims=True) / np.float32(127)).astype(np.float32)
-    np.testing.assert_array_equal(layer(x), reference_w8a8(x, w, x_scale))
-    sim = W8A8Linear(w, mode, x_scale=0.05 if mode == "static" else None, simulate=True)
-    np.testing.assert_allclose(sim(x), layer(x), rtol=1e-5, atol=1e-4)
+    y = layer(x)
+    np.testing.assert_array_equal(y, reference_w8a8(x, w, x_scale))
+    kw = {"x_scale": 0.05 if mode == "static" else None, "simulate": True}
+    # the float64 twin rounds the same real number once: equal but for rare boundary cases
+    y_sim = W8A8Linear(w, mode, **kw)(x)
+    assert np.mean(y_sim == y) > 0.999
+    # at most one float32 ulp apart, plus the float64 sum's error bound K u sum|x_hat w_hat|
+    # (an exact 0 of the integer sum can come out as 1e-15 from float64 cancellation)
+    x_q, s_x, _ = layer.quantize_input(x)
+    magnitude = np.abs(x_q * s_x.astype(np.float64)) @ np.abs(layer.w_q * layer.w_scale[:, None]).T
+    bound = np.spacing(np.abs(y)) + 96 * 2.0**-53 * magnitude  # (33, 40)
+    assert (np.abs(y_sim - y) <= bound).all()
+    # the naive float32 twin rounds every sum: most outputs move by an ulp or a few
+    y_naive = W8A8Linear(w, mode, sim_dtype="float32", **kw)(x)
+    assert np.mean(y_naive != y) > 0.1
+    np.testing.assert_allclose(y_naive, y, rtol=1e-5, atol=1e-4)
 
 
 def test_per_token_beats_per_tensor_on_rows_of_different_size():
@@ -215,6 +255,20 @@ def test_quantize_activations_integer_agrees_with_simulation(lm, tokens, calib, 
     logits = q_int(tokens)
     assert argmax_agreement(logits, q_sim(tokens)) >= 0.999
     assert argmax_agreement(logits, lm(tokens)) > 0.9
+    # the float64 twin quantizes every layer's input to the same codes
+    assert max(code_mismatch(q_int, q_sim, tokens).values()) == 0.0
+
+
+def test_naive_float32_simulation_drifts_layer_by_layer(lm, tokens, calib):
+    """The float32 twin: the first layer agrees, later layers' codes differ more and more."""
+    q_int = quantize_activations(lm, "dynamic", calib)
+    q_naive = quantize_activations(lm, "dynamic", calib, simulate=True, sim_dtype="float32")
+    mismatch = code_mismatch(q_int, q_naive, tokens)
+    assert next(iter(mismatch)) == "layers.0.attn.wq" and mismatch["layers.0.attn.wq"] == 0.0
+    assert mismatch["output"] > 0.0
+    assert mismatch["layers.3.attn.wo"] > mismatch["layers.1.attn.wo"]
+    with pytest.raises(ValueError, match="sim_dtype"):
+        quantize_activations(lm, "dynamic", simulate=True, sim_dtype="float16")
 
 
 def test_quantize_activations_errors(lm):
@@ -255,3 +309,38 @@ def test_kv_cache_memory_and_effect(lm, tokens):
     loss = {b: mq.llm.next_token_loss(KVQuantizedLM(lm, b), tokens.reshape(-1)) for b in (8, 4)}
     base = mq.llm.next_token_loss(lm, tokens.reshape(-1))
     assert abs(loss[8] - base) < 0.01 < loss[4] - base + 0.01
+
+
+def test_per_channel_keys_wait_in_float_then_quantize_per_channel():
+    rng = np.random.default_rng(6)
+    k = rng.standard_normal((1, 2, 5, 8)).astype(np.float32)  # (B, H, T, hd)
+    k[..., 3] *= 50  # an outlier channel, as KIVI finds in keys
+    cache = QuantizedKVCache(bits=4, key_axis="channel", group_size=4)
+    k_hat, _ = cache.append(k[:, :, :3], k[:, :, :3])
+    np.testing.assert_array_equal(k_hat, k[:, :, :3])  # 3 < 4 tokens: still float32
+    k_hat, _ = cache.append(k[:, :, 3:], k[:, :, 3:])
+    np.testing.assert_array_equal(k_hat[:, :, 4:], k[:, :, 4:])  # the 5th token waits
+    group = k[:, :, :4]  # (1, 2, 4, 8): quantized per (head, channel) over its 4 tokens
+    lo, hi = group.min(axis=2, keepdims=True), group.max(axis=2, keepdims=True)
+    step = (hi - lo) / 15  # (1, 2, 1, 8): a step per channel
+    assert (np.abs(k_hat[:, :, :4] - group) <= step / 2 * 1.01 + 1e-3).all()
+    per_token = QuantizedKVCache(bits=4).append(group, group)[0]
+    normal = np.arange(8) != 3  # per-token scales are set by the outlier channel
+    err_channel = np.abs(k_hat[:, :, :4] - group)[..., normal].max()
+    assert err_channel < np.abs(per_token - group)[..., normal].max() / 5
+    with pytest.raises(ValueError, match="key_axis"):
+        QuantizedKVCache(4, key_axis="head")
+    with pytest.raises(ValueError, match="group_size"):
+        QuantizedKVCache(4, key_axis="channel", group_size=1)
+
+
+def test_per_channel_kv_model_decodes_and_counts_its_bytes(lm, tokens):
+    kivi = KVQuantizedLM(lm, bits=4, key_axis="channel", group_size=8)
+    full = kivi(tokens[:1, :20])  # evaluated by decoding token by token
+    kivi.enable_kv_cache()
+    steps = [kivi(tokens[:1, i : i + 1])[0, 0] for i in range(20)]
+    kivi.disable_kv_cache()
+    np.testing.assert_array_equal(np.stack(steps), full[0])
+    # keys: 16 code bytes + 32 channels x 4 bytes / 8 tokens; values: 16 + 4 (per head)
+    assert kivi.nbytes_per_token() == 4 * 4 * (16 + 32 * 4 / 8 + 16 + 4)
+    assert all(a.kv_cache is None for a in lm.attention_layers())

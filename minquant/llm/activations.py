@@ -48,8 +48,13 @@ NORM_CONSUMERS = (
 )
 
 
-def capture_linear_inputs(model: Module, tokens: np.ndarray) -> dict[str, np.ndarray]:
+def capture_linear_inputs(
+    model: Module, tokens: np.ndarray, layer_type: type = Linear
+) -> dict[str, np.ndarray]:
     """Run ``model`` once on ``tokens`` (B, T); return every Linear's input (B*T, in) by name.
+
+    The names come in the order the layers ran. ``layer_type`` selects other layers that
+    have ``in_features`` (e.g. :class:`~minquant.llm.w8a8.W8A8Linear`).
 
     >>> import minquant as mq
     >>> lm = mq.models.load_pretrained("tiny_lm")
@@ -57,7 +62,7 @@ def capture_linear_inputs(model: Module, tokens: np.ndarray) -> dict[str, np.nda
     >>> X["layers.0.attn.wq"].shape, X["layers.3.mlp.w2"].shape, len(X)
     ((19, 128), (19, 384), 29)
     """
-    named = [(n, m) for n, m in model.named_modules() if isinstance(m, Linear)]
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, layer_type)]
     inputs: dict[str, np.ndarray] = {}
 
     def recorder(name: str, layer: Linear) -> Callable[[np.ndarray], np.ndarray]:
