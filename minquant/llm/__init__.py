@@ -6,8 +6,9 @@ Names are loaded on first use (PEP 562), so ``import minquant.llm`` compiles not
 * :mod:`minquant.llm.weight_only`: ``quantize_weights``, ``WeightOnlyLinear`` and the registry
   of weight quantizers (``WEIGHT_QUANTIZERS``, the ``method=`` hook);
 * :mod:`minquant.llm.gptq_quant`: ``gptq`` (one layer; ``method="gptq"`` for a model);
-* :mod:`minquant.llm.awq`: ``awq_scales`` (one layer; ``method="awq"`` for a model) and
-  ``keep_salient_channels`` (the 1% salient-channel experiment).
+* :mod:`minquant.llm.awq`: ``awq_scales`` and ``awq_clip`` (one layer; ``method="awq"`` for a
+  model: scales, then clipping, then RTN) and ``keep_salient_channels`` (the 1% salient-channel
+  experiment).
 * :mod:`minquant.llm.formats`: ``FormatLinear``, a weight stored in a number format
   (``quantize_weights(model, format="q4_0")``).
 * :mod:`minquant.llm.activations`: ``capture_linear_inputs``, ``activation_stats``,
@@ -37,6 +38,7 @@ _LAZY = {
     "WEIGHT_QUANTIZERS": "weight_only",
     "gptq": "gptq_quant",
     "awq_scales": "awq",
+    "awq_clip": "awq",
     "keep_salient_channels": "awq",
     "FormatLinear": "formats",
     "capture_linear_inputs": "activations",

@@ -95,10 +95,7 @@ class _QuantizedGemm(QuantizedModule):
     ) -> None:
         name = type(self).__name__
         make_requant = requantizer(requant, rounding)
-        if not isinstance(w_q, np.ndarray) or w_q.dtype != np.int8:
-            raise TypeError(
-                f"{name}: w_q must be an int8 ndarray, got {getattr(w_q, 'dtype', w_q)}"
-            )
+        check_int8(f"{name}: w_q", w_q, ndim=np.ndim(w_q))
         w2d = w_q.reshape(w_q.shape[0], -1)  # (N, K): one row per output channel
         n_out, k = w2d.shape
         check_k(
