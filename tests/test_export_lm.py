@@ -7,6 +7,7 @@ from functools import cache
 
 import numpy as np
 import pytest
+from test_export_npz import npz_entries, rewrite_npz  # tests/ is on sys.path (prepend mode)
 
 import minquant as mq
 from minquant import models, nn
@@ -173,16 +174,6 @@ def saved(tmp_path):
     return path
 
 
-def _entries(path):
-    with np.load(path, allow_pickle=False) as f:
-        return {name: f[name] for name in f.files}
-
-
-def _rewrite(path, entries):
-    with open(path, "wb") as f:
-        np.savez(f, **entries)
-
-
 def test_truncated_file(saved):
     data = saved.read_bytes()
     for keep in (len(data) // 2, len(data) - 30, 100):
@@ -192,18 +183,18 @@ def test_truncated_file(saved):
 
 
 def test_edited_codes_fail_the_hash(saved):
-    entries = _entries(saved)
+    entries = npz_entries(saved)
     entries["layers.1.mlp.w1.codes"] = entries["layers.1.mlp.w1.codes"].copy()
     entries["layers.1.mlp.w1.codes"][7] ^= 0x10  # one 4-bit code changed, a valid zip
-    _rewrite(saved, entries)
+    rewrite_npz(saved, entries)
     with pytest.raises(FileFormatError, match=r"fails its SHA-256 check.*edited or corrupted"):
         mq.load(saved)
 
 
 def test_edited_scale_fails_the_hash(saved):
-    entries = _entries(saved)
+    entries = npz_entries(saved)
     entries["output.scale"] = entries["output.scale"] * np.float16(2)
-    _rewrite(saved, entries)
+    rewrite_npz(saved, entries)
     with pytest.raises(FileFormatError, match="SHA-256"):
         mq.load(saved)
 
@@ -218,9 +209,9 @@ def test_another_format_version(saved, monkeypatch):
 
 @pytest.mark.parametrize("name", ["layers.0.attn.wk.zero_point", "norm.weight"])
 def test_missing_array(saved, name):
-    entries = _entries(saved)
+    entries = npz_entries(saved)
     del entries[name]
-    _rewrite(saved, entries)
+    rewrite_npz(saved, entries)
     with pytest.raises(FileFormatError, match=rf"missing the array\(s\) \['{name}'\]"):
         mq.load(saved)
 

@@ -139,12 +139,12 @@ def saved(tmp_path):
     return path
 
 
-def _entries(path):
+def npz_entries(path):
     with np.load(path, allow_pickle=False) as f:
         return {name: f[name] for name in f.files}
 
 
-def _rewrite(path, entries):
+def rewrite_npz(path, entries):
     with open(path, "wb") as f:
         np.savez(f, **entries)
 
@@ -194,28 +194,28 @@ def test_flipped_byte_fails_the_zip_crc(saved):
 
 
 def test_edited_weight_fails_the_hash(saved):
-    entries = _entries(saved)
+    entries = npz_entries(saved)
     entries["5.w_packed"] = entries["5.w_packed"].copy()
     entries["5.w_packed"][0] += 1  # one weight code changed, the zip itself is valid
-    _rewrite(saved, entries)
+    rewrite_npz(saved, entries)
     with pytest.raises(FileFormatError, match=r"fails its SHA-256 check.*edited or corrupted"):
         mq.load(saved)
 
 
 def test_edited_metadata_fails_the_hash(saved):
-    entries = _entries(saved)
+    entries = npz_entries(saved)
     meta = json.loads(entries["__meta__"].tobytes())
     meta["input_qparams"]["scale"] *= 2
     entries["__meta__"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
-    _rewrite(saved, entries)
+    rewrite_npz(saved, entries)
     with pytest.raises(FileFormatError, match="SHA-256"):
         mq.load(saved)
 
 
 def test_missing_array(saved):
-    entries = _entries(saved)
+    entries = npz_entries(saved)
     del entries["2.multiplier"]
-    _rewrite(saved, entries)
+    rewrite_npz(saved, entries)
     with pytest.raises(FileFormatError, match=r"missing the array\(s\) \['2.multiplier'\]"):
         mq.load(saved)
 
@@ -253,7 +253,7 @@ def test_inconsistent_requantizer_arrays(saved):
 
 
 def test_pickled_object_array_is_refused_without_running_it(saved):
-    entries = _entries(saved)
+    entries = npz_entries(saved)
     entries["5.bias"] = np.array([{"not": "an array"}], dtype=object)
     with open(saved, "wb") as f:
         np.savez(f, allow_pickle=True, **entries)
