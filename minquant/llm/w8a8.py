@@ -194,9 +194,10 @@ class W8A8Linear(Module):
             y = x_hat @ self.w_hat.T  # (N, out), fake quant
         else:
             acc = matmul_int8_packed(x_q, self.packed)  # (N, out) int32, exact
-            # NOTE: s_x s_w is exact in float64 and acc < 2^23, so y is the exact real
-            # product up to one float64 rounding; the float32 cast below is the only
-            # rounding that matters (the simulation ends the same way).
+            # NOTE: an int32 acc is exact in float64, and so is s_x s_w (two 24-bit
+            # mantissas), so y is the exact real product up to one float64 rounding; the
+            # float32 cast below is the only rounding that matters (the simulation ends the
+            # same way).
             s = scale.astype(np.float64) * self.w_scale[None, :].astype(np.float64)  # (N, out)
             y = acc.astype(np.float64) * s  # (N, out)
         if outliers is not None and outliers.any():
