@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 
 from minquant.kernels.gemv import matmul_weight_only, pack_weight, unpack_weight
+from minquant.llm.activations import capture_linear_inputs
 from minquant.nn import Linear, Module, Parameter
 from minquant.quant import calc_group_qparams, dequantize, qrange, quantize
 
@@ -262,25 +263,13 @@ class WeightOnlyLinear(Module):
 
 
 def _linear_inputs(model: Module, X_calib: np.ndarray) -> dict[int, np.ndarray]:
-    """Run ``model`` on ``X_calib`` once; return each Linear's input, (tokens, in), by id."""
-    inputs: dict[int, np.ndarray] = {}
-    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    """Run ``model`` on ``X_calib`` once; return each Linear's input, (tokens, in), by id.
 
-    def recorder(layer: Linear) -> Callable[[np.ndarray], np.ndarray]:
-        def forward(x: np.ndarray) -> np.ndarray:
-            inputs[id(layer)] = np.asarray(x, np.float32).reshape(-1, layer.in_features)
-            return Linear.forward(layer, x)
-
-        return forward
-
-    for layer in linears:
-        layer.forward = recorder(layer)  # an instance attribute shadows the method
-    try:
-        model.eval()(X_calib)
-    finally:
-        for layer in linears:
-            del layer.forward
-    return inputs
+    :func:`~minquant.llm.activations.capture_linear_inputs` keyed by the layer object's id
+    instead of its name (the quantizers below walk layers, not names).
+    """
+    by_name = capture_linear_inputs(model, X_calib)  # name -> (tokens, in)
+    return {id(m): by_name[name] for name, m in model.named_modules() if name in by_name}
 
 
 class _Default(int):
